@@ -1,0 +1,1 @@
+"""The ``dwakd`` command line (one module per subcommand)."""

@@ -1,0 +1,14 @@
+"""Distillation methods: one module per method, and a registry (:mod:`dwakd.methods.registry`)."""
+
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.registry import available_methods, build_method, register_method, validate_method_options
+
+__all__ = [
+    "DistillMethod",
+    "LossTerms",
+    "MethodOptions",
+    "available_methods",
+    "build_method",
+    "register_method",
+    "validate_method_options",
+]

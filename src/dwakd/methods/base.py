@@ -1,0 +1,115 @@
+"""The method contract.
+
+A method is an ``nn.Module`` that owns its projectors (and nothing else trainable). It is called
+with the student's :class:`~dwakd.models.outputs.ModelOutputs` (with grad), the teacher's (no
+grad; ``None`` for methods that need no teacher) and the :class:`~dwakd.data.batch.PairBatch`,
+and returns :class:`LossTerms`. It never runs a model: the trainer does.
+
+Normalisation (METHOD.md section 5): every term is a *token sum* over the micro-batch. The trainer
+adds ``sum(rate * term)`` over micro-batches and processes and divides by the number of student
+response tokens in the whole optimizer step, so results do not depend on how a batch is split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dwakd.errors import ConfigError
+
+
+@dataclass
+class LossTerms:
+    """Named token-sum losses of one micro-batch.
+
+    - ``terms``: name -> scalar tensor, a sum over response tokens (or sequences, for Soft-DTW).
+    - ``rates``: name -> weight of that term in the objective (missing = 1.0).
+    - ``n_tokens``: number of student response tokens in this micro-batch (the normaliser).
+    - ``stats``: floats for logging only (weight statistics, gamma, counts); never differentiated.
+    """
+
+    terms: dict[str, torch.Tensor]
+    n_tokens: torch.Tensor
+    rates: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def total(self) -> torch.Tensor:
+        """``sum(rate * term)``: the micro-batch's contribution to the step's token-sum objective."""
+        out = None
+        for name, value in self.terms.items():
+            v = self.rates.get(name, 1.0) * value
+            out = v if out is None else out + v
+        if out is None:
+            raise ValueError("a method returned no loss terms")
+        return out
+
+
+@dataclass
+class MethodOptions:
+    """Base class of every method's options dataclass (TRL style: documented fields, defaults)."""
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any], *, where: str = "method") -> MethodOptions:
+        """Build from a plain dict, naming unknown keys (with a suggestion) and bad types."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in options:
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                msg = f"unknown option '{where}.{key}' for {cls.__qualname__}"
+                if hint:
+                    msg += f"; did you mean '{hint[0]}'?"
+                msg += f" Known options: {', '.join(sorted(known))}"
+                raise ConfigError(msg)
+        obj = cls(**options)
+        obj.validate(where)
+        return obj
+
+    def validate(self, where: str = "method") -> None:
+        """Check value ranges; raise :class:`ConfigError` naming the field. Subclasses extend."""
+
+
+class DistillMethod(nn.Module):
+    """Base class. Subclasses set ``name``, ``description``, ``Options`` and implement ``forward``.
+
+    ``student`` and ``teacher`` are the models (the teacher may be ``None`` for SFT). They are kept
+    as plain references, never registered as submodules, so a method's ``parameters()`` are its
+    projectors only.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, options: MethodOptions):
+        super().__init__()
+        object.__setattr__(self, "_student_ref", student)
+        object.__setattr__(self, "_teacher_ref", teacher)
+        self.options = options
+
+    @property
+    def student_model(self) -> nn.Module:
+        return self._student_ref
+
+    @property
+    def teacher_model(self) -> nn.Module | None:
+        return self._teacher_ref
+
+    def student_head_weight(self) -> torch.Tensor:
+        """``[V_s, d_s]`` student LM-head weight (callers detach where METHOD.md says so)."""
+        return self._student_ref.get_output_embeddings().weight
+
+    def teacher_head_weight(self) -> torch.Tensor:
+        """``[V_t, d_t]`` frozen teacher LM-head weight."""
+        return self._teacher_ref.get_output_embeddings().weight
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimizer step (for annealing / warm-up schedules)."""
+
+    def forward(self, student_out, teacher_out, batch) -> LossTerms:  # pragma: no cover - abstract
+        raise NotImplementedError
