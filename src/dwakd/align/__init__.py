@@ -12,7 +12,7 @@ import importlib
 
 # Imported eagerly: the function ``soft_dtw`` must shadow the submodule of the same name
 # (``import dwakd.align.soft_dtw as m`` still reaches the module through sys.modules).
-from dwakd.align.soft_dtw import pairwise_cost, soft_dtw, soft_dtw_divergence
+from dwakd.align.soft_dtw import pairwise_cost, soft_dtw, soft_dtw_divergence  # noqa: F401
 
 _EXPORTS = {
     "exact_token_alignment": "dwakd.align.spans",
