@@ -47,8 +47,10 @@ def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int 
         tok.normalizer = normalizers.NFKC()
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
+        # Only <unk> lives inside the Unigram model; <s> </s> <pad> are added as special tokens after
+        # training, so the *text* "</s>" inside a response is never encoded as the EOS id.
         trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=specials, unk_token=SPECIAL["unk"], show_progress=False
+            vocab_size=vocab_size, special_tokens=[SPECIAL["unk"]], unk_token=SPECIAL["unk"], show_progress=False
         )
     else:
         tok = Tokenizer(models.WordPiece(unk_token=SPECIAL["unk"]))
@@ -57,6 +59,8 @@ def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int 
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
+    if kind == "unigram":
+        tok.add_special_tokens([SPECIAL["bos"], SPECIAL["eos"], SPECIAL["pad"]])
     if add_bos:
         bos = SPECIAL["bos"]
         tok.post_processor = processors.TemplateProcessing(
