@@ -108,6 +108,9 @@ class DistillMethod(nn.Module):
         """``[V_t, d_t]`` frozen teacher LM-head weight."""
         return self._teacher_ref.get_output_embeddings().weight
 
+    def attach_tokenizers(self, student_tokenizer, teacher_tokenizer) -> None:
+        """Called once by the trainer before training (methods that need token strings override it)."""
+
     def set_progress(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each optimizer step (for annealing / warm-up schedules)."""
 

@@ -1,0 +1,86 @@
+"""``dwakd train CONFIG [key.sub=value ...] [--dry-run] [--resume auto|PATH]``.
+
+Multi-process / multi-GPU: ``accelerate launch [--multi_gpu] --num_processes N -m dwakd.cli.main
+train CONFIG ...`` (the back-end comes from the accelerate config or flags). The global batch is
+``train.batch_size x train.grad_accum x processes``; resuming needs the same global batch.
+
+- one process (CPU or one GPU): tested.
+- DDP: tested on CPU with 2 processes over gloo (``--multi_gpu`` on a host without GPUs, or with
+  ``CUDA_VISIBLE_DEVICES=""``; accelerate 1.x's ``--cpu --num_processes 2`` needs ``mpirun``).
+- FSDP: goes through the same Accelerate calls (prepare, no_sync, clip_grad_norm_, get_state_dict,
+  save_state); not tested here (no GPU). The teacher is a replicated inference copy per process.
+- DeepSpeed: refused with an explanation (its engine steps inside backward, which would break the
+  exact per-step normalisation and the non-finite-step skip). The teacher would in any case stay a
+  replicated inference module, not a ZeRO-3 partitioned one.
+"""
+
+from __future__ import annotations
+
+NAME = "train"
+HELP = "distil a student from a teacher as a YAML config describes (dwakd train CONFIG [key.sub=value ...])"
+
+
+def add_arguments(p) -> None:
+    import argparse
+
+    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/demo.yaml")
+    # REMAINDER so options may follow overrides (``CONFIG a=1 --dry-run b=2``); see _split_remainder.
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key.sub=value",
+                   help="dotted overrides, e.g. train.lr=5e-4 method.gamma=1.0 output_dir=runs/x (values are YAML)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, parameter counts, a memory estimate and the first batch; write nothing")
+    p.add_argument("--resume", metavar="auto|PATH", default=None,
+                   help="continue from the newest complete checkpoint of output_dir (auto) or from a checkpoint directory")
+    p.add_argument("--print-config-reference", action="store_true", help="print every config key with its meaning and exit")
+
+
+def _split_remainder(args) -> None:
+    """Move ``--dry-run`` / ``--resume X`` / ``--resume=X`` found among the overrides onto ``args``."""
+    from dwakd.errors import ConfigError
+
+    rest, items = [], list(args.overrides or [])
+    while items:
+        item = items.pop(0)
+        if item == "--dry-run":
+            args.dry_run = True
+        elif item == "--print-config-reference":
+            args.print_config_reference = True
+        elif item == "--resume":
+            if not items:
+                raise ConfigError("--resume needs a value: auto or a checkpoint directory")
+            args.resume = items.pop(0)
+        elif item.startswith("--resume="):
+            args.resume = item.split("=", 1)[1]
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH)")
+        else:
+            rest.append(item)
+    args.overrides = rest
+
+
+def run(args) -> int:
+    from dwakd.config import describe_config, load_config
+
+    _split_remainder(args)
+    if args.print_config_reference:
+        print(describe_config())
+        return 0
+    if not args.config:
+        from dwakd.errors import ConfigError
+
+        raise ConfigError("give a config file: dwakd train CONFIG (see configs/demo.yaml)")
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from dwakd.train import dry_run
+
+        dry_run(cfg)
+        return 0
+    from dwakd.train import train
+
+    result = train(cfg, resume=args.resume)
+    if result.final_dir is not None:
+        print(f"done: {result.state.global_step} steps; student saved to {result.final_dir}")
+    else:
+        print(f"stopped at step {result.state.global_step} of {result.state.total_steps}; checkpoint "
+              f"{result.last_checkpoint}; continue with: dwakd train {args.config} --resume auto")
+    return 0

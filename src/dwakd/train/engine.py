@@ -1,0 +1,137 @@
+"""Assemble the training engine: Accelerator, teacher, student, method, optimizer, schedule.
+
+``accelerator.prepare`` receives the :class:`~dwakd.train.module.DistillModule` (student +
+projectors), the optimizer and the scheduler; never the teacher and never a DataLoader (the
+:class:`~dwakd.train.sampler.StepPlan` shards the data itself).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from dwakd.config import DwakdConfig
+from dwakd.methods import build_method
+from dwakd.train.module import DistillModule
+from dwakd.train.optim import build_optimizer, build_scheduler
+from dwakd.train.student import count_parameters, load_student
+from dwakd.train.teacher import TeacherRunner, load_teacher, teacher_dtype
+
+log = logging.getLogger(__name__)
+
+
+def resolve_bf16(setting) -> bool:
+    """``train.bf16``: true/false, or ``auto`` = on when a CUDA GPU supports bf16."""
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
+def make_accelerator(cfg: DwakdConfig):
+    """An ``Accelerator`` for this run (several runs may follow each other in one process)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    AcceleratorState._reset_state()  # keeps the process group; lets tests/benchmarks run several configs
+    GradientState._reset_state()
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train.ddp_find_unused_parameters)
+    return Accelerator(
+        mixed_precision="bf16" if resolve_bf16(cfg.train.bf16) else "no",
+        log_with=list(cfg.train.trackers) or None,
+        project_dir=cfg.output_dir,
+        kwargs_handlers=[ddp],
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def check_backend(accelerator) -> None:
+    """Refuse the distributed back-ends this loop does not drive correctly (before anything is written)."""
+    from accelerate.utils import DistributedType
+
+    from dwakd.errors import ConfigError
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported by the dwakd trainer yet: its engine takes the optimizer step inside "
+            "backward, so the exact per-step token normalisation over micro-batches and the skip of non-finite "
+            "steps cannot be kept. Use DDP (accelerate launch --multi_gpu) or FSDP (--use_fsdp) instead.")
+    if accelerator.distributed_type == DistributedType.MEGATRON_LM:
+        raise ConfigError("Megatron-LM is not supported by the dwakd trainer; use DDP or FSDP")
+
+
+@dataclass
+class Engine:
+    """Everything the loop drives. ``model`` is the prepared (possibly wrapped) DistillModule."""
+
+    model: torch.nn.Module
+    module: DistillModule
+    student: torch.nn.Module
+    method: torch.nn.Module
+    teacher: torch.nn.Module | None
+    teacher_runner: TeacherRunner
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    counts: dict
+
+
+def call_method_hooks(method, data) -> None:
+    """Give the method the tokenizers when it asks for them, once, before training (and before a resume
+    restores its weights): ``attach_tokenizers`` (kd: vocabulary check; dskd/dwakd: logit-preserving
+    projector init) and ``prepare`` (MinED: vocabulary map and token alignments). A method's
+    ``check_tokenizers`` classmethod runs earlier, before any model loads (:mod:`dwakd.train.data`)."""
+    for name in ("attach_tokenizers", "prepare"):
+        hook = getattr(method, name, None)
+        if callable(hook):
+            hook(data.student_tokenizer, data.teacher_tokenizer)
+
+
+def teacher_runner(cfg: DwakdConfig, data, method, teacher, autocast):
+    """The live teacher, or its cache (:mod:`dwakd.train.teacher_cache`) when ``model.teacher_cache``
+    is ``auto`` and ``dwakd cache-teacher`` built one for exactly this teacher and data."""
+    if teacher is None or cfg.model.teacher_cache == "off":
+        return TeacherRunner(teacher, autocast=autocast)
+    from dwakd.train.teacher_cache import CachedTeacherRunner, cache_supported, open_cache_if_present
+
+    reason = cache_supported(method)
+    cache = open_cache_if_present(cfg.model.teacher, data.teacher_tokenizer, list(data.train) + list(data.dev),
+                                  data.collator)
+    if cache is None:
+        return TeacherRunner(teacher, autocast=autocast)
+    if reason is not None:
+        log.warning("teacher cache %s not used: %s", cache.path, reason)
+        return TeacherRunner(teacher, autocast=autocast)
+    log.info("using the teacher cache %s (the teacher runs no forward pass)", cache.path)
+    return CachedTeacherRunner(teacher, cache)
+
+
+def build_engine(cfg: DwakdConfig, data, accelerator, method_cls, total_steps: int, *, teacher=None) -> Engine:
+    """Load the models and build everything ``accelerator.prepare`` gets. ``teacher``: an already
+    loaded frozen teacher to reuse (benchmarks running several methods in one process)."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    device = accelerator.device
+    if not method_cls.needs_teacher:
+        teacher = None
+    elif teacher is None:
+        dtype = teacher_dtype(cfg.model.teacher_dtype, device)
+        teacher = load_teacher(cfg.model.teacher, dtype=dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    student = load_student(data.student_spec, cfg.model).to(device)  # projectors are created beside the heads
+    method = build_method(cfg.method.name, student, teacher, **cfg.method.options)
+    call_method_hooks(method, data)
+    module = DistillModule(student, method)
+    optimizer = build_optimizer(student, method, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    counts = {
+        "student_trainable": count_parameters(student)[0],
+        "student_frozen": count_parameters(student)[1],
+        "projectors": count_parameters(method)[0] + count_parameters(method)[1],
+        "teacher": sum(count_parameters(teacher)),
+    }
+    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    autocast = accelerator.autocast if accelerator.mixed_precision != "no" else None
+    runner = teacher_runner(cfg, data, method, teacher, autocast)
+    return Engine(model, module, student, method, teacher, runner, optimizer, scheduler, counts)

@@ -1,0 +1,379 @@
+"""The training loop: exact token normalisation, non-finite guards, evaluation, checkpoints, final student.
+
+Loss normalisation (METHOD.md section 5). An optimizer step on W processes with micro-batches m
+minimises ``sum_m LossTerms(m).total() / N`` where N is the number of student response tokens of
+the *whole* step (every micro-batch of every process). The trainer collects the step's
+micro-batches first, all-reduces their token counts to get N, then back-propagates each
+micro-batch's ``total * W / N``: DDP averages gradients over the W processes, so the applied
+gradient is exactly ``d/dθ sum_m total(m) / N`` however the step's examples are split into
+micro-batches and processes.
+
+Non-finite values: when any loss term (on any process) or the gradient norm is not finite, the
+step's gradients are dropped and the optimizer does not step; the data position and the learning
+rate schedule still advance (so a skipped step never repeats its batch). ``train.max_bad_steps``
+consecutive skips stop the run with :class:`NonFiniteLossError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dwakd.config import DwakdConfig, config_to_dict
+from dwakd.errors import ConfigError, DwakdError
+from dwakd.models.home import atomic_directory
+from dwakd.train.checkpoint import (
+    STATE_FILE,
+    CheckpointManager,
+    TrainerState,
+    student_state_dict,
+)
+from dwakd.train.engine import Engine
+from dwakd.train.metrics import MetricsWriter, peak_memory_mb
+from dwakd.train.optim import current_lrs
+from dwakd.train.rundir import model_card
+from dwakd.train.sampler import StepPlan, eval_plan
+from dwakd.train.student import is_lora
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(DwakdError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    final_dir: Path | None
+    state: TrainerState
+    last_checkpoint: Path | None
+    metrics: dict
+
+
+def total_steps_for(cfg: DwakdConfig, plan: StepPlan) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return cfg.train.epochs * plan.steps_per_epoch
+
+
+def check_resume(path: Path, plan: StepPlan, total_steps: int) -> TrainerState:
+    """Refuse a checkpoint whose data order or schedule this run would not continue exactly."""
+    st = TrainerState.from_file(Path(path) / STATE_FILE)
+    if st.global_batch != plan.global_batch:
+        raise ConfigError(
+            f"checkpoint {path} was written with a global batch of {st.global_batch} examples "
+            f"(batch_size x grad_accum x processes); this run has {plan.global_batch}. Resume with the same "
+            f"train.batch_size x train.grad_accum x number of processes so the data order continues exactly")
+    if st.total_steps != total_steps:
+        raise ConfigError(f"checkpoint {path} belongs to a schedule of {st.total_steps} steps; this config gives "
+                          f"{total_steps} (train.epochs / train.max_steps changed)")
+    return st
+
+
+def flat_config(cfg: DwakdConfig) -> dict:
+    """The config as flat scalars (for tracker hyper-parameter tables)."""
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(config_to_dict(cfg), "")
+    return out
+
+
+class Trainer:
+    """Drives one run. All processes run the same code; only the main process writes files."""
+
+    def __init__(self, cfg: DwakdConfig, accelerator, data, engine: Engine, plan: StepPlan, total_steps: int, run_dir: Path):
+        self.cfg = cfg
+        self.acc = accelerator
+        self.data = data
+        self.engine = engine
+        self.model = engine.model
+        self.plan = plan
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir)
+        t = cfg.train
+        self.ckpt = CheckpointManager(self.run_dir, accelerator, keep_last_n=t.keep_last_n, keep_best_n=t.keep_best_n)
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", accelerator, trackers=bool(t.trackers))
+        self.state = TrainerState(
+            total_steps=total_steps, steps_per_epoch=plan.steps_per_epoch, world_size=accelerator.num_processes,
+            global_batch=plan.global_batch, seed=t.seed,
+        )
+        self._checked_n_tokens = False
+        self._interval: dict = defaultdict(float)
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ resume
+    def resume(self, path: Path) -> None:
+        """Restore weights, optimizer, scheduler, RNG and counters (compatibility was checked by :func:`check_resume`)."""
+        st = self.ckpt.load(path)
+        st.world_size = self.acc.num_processes
+        self.state = st
+        self.metrics.truncate_after(st.global_step)
+        self.metrics.log(st.global_step, "event", {"event": "resume", "checkpoint": str(path)})
+        log.info("resumed from %s at step %d of %d", path, st.global_step, self.total_steps)
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _reduce(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(values, dtype=torch.float64).to(self.acc.device)
+        return self.acc.reduce(t, "sum") if self.acc.num_processes > 1 else t
+
+    def train_step(self, step: int) -> dict:
+        """Run optimizer step ``step`` (0-based). Returns its metrics (``bad`` set when it was skipped)."""
+        acc, t = self.acc, self.cfg.train
+        t0 = time.perf_counter()
+        batches = [self.data.collate(idx, "train") for idx in self.plan.micro_batches(step)]
+        local = [
+            float(sum(int(b.student.target_mask.sum()) for b in batches)),
+            float(sum(int(b.student.attention_mask.sum()) for b in batches)),
+            float(sum(b.batch_size for b in batches)),
+        ]
+        n_tok, n_input, n_examples = (float(x) for x in self._reduce(local).tolist())
+        if n_tok <= 0:
+            raise DwakdError(f"step {step}: the batch has no response tokens (the data layer should have dropped such records)")
+        self.engine.method.set_progress(step, self.total_steps)
+        scale = acc.num_processes / n_tok
+        names: list[str] | None = None
+        sums: torch.Tensor | None = None  # [total, *terms] token sums, on the device (one sync per step)
+        acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
+        stats: dict[str, list[float]] = defaultdict(list)
+        for i, batch in enumerate(batches):
+            batch = batch.to(acc.device)
+            sync = i == len(batches) - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                teacher_out = self.engine.teacher_runner(batch)
+                terms = self.model(batch, teacher_out)
+                total = terms.total()
+                if names is None:
+                    names = list(terms.terms)
+                    sums = torch.zeros(len(names) + 1, dtype=acc_dtype, device=acc.device)
+                sums += torch.stack([total.detach().to(acc_dtype)] + [terms.terms[n].detach().to(acc_dtype) for n in names])
+                for k, v in terms.stats.items():
+                    stats[k].append(float(v))
+                self._check_n_tokens(terms, batch)
+                acc.backward(total * scale)
+        local = sums.tolist()  # a non-finite micro-batch value makes its sum non-finite
+        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
+        if not math.isfinite(local[0]):
+            bad_terms.add("total")
+        reduced = self._reduce(local + [float(bool(bad_terms))])
+        # all parameters (frozen ones have no gradient): accelerate's FSDP path needs the model's full list
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        bad = reduced[-1].item() > 0 or not math.isfinite(grad_norm)
+        out = {"n_tokens": n_tok, "n_input": n_input, "n_examples": n_examples, "grad_norm": grad_norm,
+               "loss": reduced[0].item() / n_tok}
+        out.update({f"term/{n}": reduced[1 + k].item() / n_tok for k, n in enumerate(names)})
+        out.update({f"stat/{k}": sum(v) / len(v) for k, v in stats.items() if v})
+        out.update(current_lrs(self.engine.optimizer))
+        if bad:
+            self.engine.optimizer.zero_grad(set_to_none=True)
+            which = sorted(bad_terms) or (["gradient"] if not math.isfinite(grad_norm) else ["a term on another process"])
+            out["bad"] = which
+        else:
+            self.engine.optimizer.step()
+        self.engine.scheduler.step()
+        self.engine.optimizer.zero_grad(set_to_none=True)
+        out["step_time_s"] = time.perf_counter() - t0
+        return out
+
+    def _check_n_tokens(self, terms, batch) -> None:
+        """Once per run: the method's ``n_tokens`` should be the batch's student response tokens."""
+        if self._checked_n_tokens:
+            return
+        self._checked_n_tokens = True
+        expected = int(batch.student.target_mask.sum())
+        got = int(terms.n_tokens) if torch.is_tensor(terms.n_tokens) else int(terms.n_tokens)
+        if got != expected:
+            log.warning("method %s reports n_tokens=%d but the batch has %d student response tokens; the trainer "
+                        "normalises by the batch count", self.cfg.method.name, got, expected)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Dev loss (token-normalised objective) and per-term values over the whole dev set, all processes."""
+        if not self.data.dev:
+            return {}
+        eb = self.cfg.train.eval_batch_size or self.cfg.train.batch_size
+        plan = eval_plan(len(self.data.dev), eb, self.acc.num_processes, self.acc.process_index)
+        self.model.eval()
+        names, sums = None, None
+        try:
+            for idx, counts in plan:
+                batch = self.data.collate(idx, "dev").to(self.acc.device)
+                terms = self.model(batch, self.engine.teacher_runner(batch))
+                if names is None:
+                    names = list(terms.terms)
+                    sums = torch.zeros(len(names) + 2, dtype=torch.float64)
+                if counts:
+                    vals = [float(batch.student.target_mask.sum()), float(terms.total())]
+                    vals += [float(terms.terms[n]) for n in names]
+                    sums += torch.tensor(vals, dtype=torch.float64)
+        finally:
+            self.model.train()
+        reduced = self._reduce(sums)
+        n = reduced[0].item()
+        out = {"dev/loss": reduced[1].item() / n, "dev/n_tokens": n}
+        out.update({f"dev/{name}": reduced[2 + k].item() / n for k, name in enumerate(names)})
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def _log_train(self, step: int, out: dict, force: bool = False) -> None:
+        iv = self._interval
+        iv["steps"] += 1
+        iv["time"] += out["step_time_s"]
+        iv["n_input"] += out["n_input"]
+        if "bad" not in out:
+            iv["good"] += 1
+            for k, v in out.items():
+                if k.startswith(("loss", "term/", "stat/")):
+                    iv[k] += v
+        if not (force or step % self.cfg.train.log_every == 0):
+            return
+        good = max(1.0, iv["good"])
+        rec = {k: iv[k] / good for k in iv if k.startswith(("loss", "term/", "stat/"))}
+        rec.update({k: v for k, v in out.items() if k.startswith("lr/")})
+        rec.update({
+            "grad_norm": out["grad_norm"], "n_tokens": out["n_tokens"],
+            "tokens_per_s": iv["n_input"] / max(iv["time"], 1e-9), "step_time_s": iv["time"] / iv["steps"],
+            "peak_mem_mb": peak_memory_mb(self.acc.device), "epoch": step / max(1, self.plan.steps_per_epoch),
+            "bad_steps_total": self.state.bad_steps_total,
+        })
+        self.metrics.log(step, "train", rec)
+        self._interval = defaultdict(float)
+
+    def _would_be_best(self, dev_loss: float) -> bool:
+        if self.cfg.train.keep_best_n <= 0:
+            return False
+        best = sorted(b["dev_loss"] for b in self.state.best)
+        return len(best) < self.cfg.train.keep_best_n or dev_loss < best[self.cfg.train.keep_best_n - 1]
+
+    def fit(self) -> TrainResult:
+        t, st = self.cfg.train, self.state
+        stop = min(self.total_steps, t.stop_at_step or self.total_steps)
+        spe = self.plan.steps_per_epoch
+        if st.global_step == 0:
+            self.metrics.log(0, "event", {"event": "start", "total_steps": self.total_steps, "steps_per_epoch": spe,
+                                          "global_batch": self.plan.global_batch, "processes": self.acc.num_processes,
+                                          **{f"params/{k}": v for k, v in self.engine.counts.items()}})
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop, initial=st.global_step, disable=not self.acc.is_main_process, desc="train", dynamic_ncols=True)
+        try:
+            while st.global_step < stop:
+                step = st.global_step
+                out = self.train_step(step)
+                st.global_step = step + 1
+                st.epoch, st.step_in_epoch = self.plan.locate(st.global_step)
+                st.examples_seen += int(out["n_examples"])
+                st.tokens_seen += int(out["n_tokens"])
+                if "bad" in out:
+                    st.consecutive_bad_steps += 1
+                    st.bad_steps_total += 1
+                    msg = (f"step {st.global_step}: non-finite {', '.join(out['bad'])}; step skipped "
+                           f"({st.consecutive_bad_steps} in a row, limit train.max_bad_steps={t.max_bad_steps})")
+                    log.warning(msg)
+                    self.metrics.log(st.global_step, "event", {"event": "bad_step", "terms": out["bad"]})
+                    if st.consecutive_bad_steps >= t.max_bad_steps:
+                        raise NonFiniteLossError(
+                            f"{msg}. Stopping: the loss or its gradient was not finite for {st.consecutive_bad_steps} "
+                            f"consecutive steps. Lower train.lr / train.projector_lr, check the data, or try "
+                            f"train.bf16=false; the last good checkpoint is {self.ckpt.latest() or 'none'}")
+                else:
+                    st.consecutive_bad_steps = 0
+                    st.last_train_loss = out["loss"]
+                self._log_train(st.global_step, out, force=st.global_step == stop)
+                bar.update(1)
+                if "bad" not in out:
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+                self._after_step(st.global_step, stop, spe)
+        finally:
+            bar.close()
+        final = self._finish(stop)
+        return TrainResult(self.run_dir, final, self.state, self.last_checkpoint, self._summary())
+
+    def _after_step(self, gs: int, stop: int, spe: int) -> None:
+        t, st = self.cfg.train, self.state
+        epoch_end = gs % spe == 0
+        st.dev_loss = None
+        do_eval = bool(self.data.dev) and (
+            (t.eval_every > 0 and gs % t.eval_every == 0) or (t.eval_every == 0 and epoch_end) or gs == self.total_steps)
+        do_save = (t.save_every > 0 and gs % t.save_every == 0) or (t.save_every == 0 and epoch_end) or gs == stop
+        if do_eval:
+            ev = self.evaluate()
+            st.dev_loss = ev["dev/loss"]
+            self.metrics.log(gs, "eval", ev)
+            if self._would_be_best(st.dev_loss):
+                do_save = True
+            st.best = sorted(st.best + [{"step": gs, "dev_loss": st.dev_loss}], key=lambda b: b["dev_loss"])
+            st.best = st.best[: max(1, t.keep_best_n)]
+        if do_save:
+            self.last_checkpoint = self.ckpt.save(st, self.model, self.engine.student, self.data.student_tokenizer)
+
+    def _summary(self) -> dict:
+        st = self.state
+        out = {"global_step": st.global_step, "total_steps": self.total_steps, "bad_steps_total": st.bad_steps_total}
+        if st.last_train_loss is not None:
+            out["last_train_loss"] = st.last_train_loss
+        if st.best:
+            out["best_dev_loss"] = st.best[0]["dev_loss"]
+            out["best_dev_step"] = st.best[0]["step"]
+        return out
+
+    def _merged_lora(self, student, adapter_dir: Path):
+        """The student with its LoRA adapter merged in (a plain HF model).
+
+        Single process / DDP: merge the trained model in place (training is over). FSDP: the
+        wrapped modules hold flat shards, so reload the base model and apply the saved adapter.
+        """
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type != DistributedType.FSDP:
+            return student.merge_and_unload()
+        from peft import PeftModel
+
+        from dwakd.models import load_model
+
+        base = load_model(self.data.student_spec, dtype=self.cfg.model.dtype, trust_remote_code=self.cfg.model.trust_remote_code)
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+    def _finish(self, stop: int) -> Path | None:
+        """Write ``<run>/final`` when the schedule is complete (not after a ``stop_at_step``)."""
+        if self.state.global_step < self.total_steps:
+            return None
+        acc, t = self.acc, self.cfg.train
+        best_ckpt = self.ckpt.best() if self.data.dev else None
+        if t.final_model == "best" and best_ckpt is not None and best_ckpt != self.last_checkpoint:
+            self.ckpt.load(best_ckpt)
+        state_dict = student_state_dict(acc, self.model)
+        final = self.run_dir / "final"
+        if acc.is_main_process:
+            student = self.engine.student
+            with atomic_directory(final) as tmp:
+                lora = is_lora(student)
+                if lora:
+                    student.save_pretrained(tmp / "adapter", state_dict=state_dict)
+                    self._merged_lora(student, tmp / "adapter").save_pretrained(tmp)
+                else:
+                    student.save_pretrained(tmp, state_dict=state_dict)
+                self.data.student_tokenizer.save_pretrained(tmp)
+                card = model_card(self.cfg, steps=self.state.global_step, examples=len(self.data.train),
+                                  metrics=self._summary(), best_checkpoint=str(best_ckpt) if best_ckpt else None, lora=lora)
+                (tmp / "README.md").write_text(card, encoding="utf-8")
+        acc.wait_for_everyone()
+        return final
