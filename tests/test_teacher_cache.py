@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from _train_helpers import base_config
 
+from _train_helpers import base_config
 from dwakd.config import config_from_dict
 from dwakd.methods import build_method
 from dwakd.models import load_model, load_tokenizer
