@@ -1,0 +1,205 @@
+"""Cross-model attention (CMA, METHOD.md section 2) and exact-token-alignment attention (DSKDv2).
+
+Both produce an :class:`Alignment` between the two sides' **response positions, compacted**:
+example ``b``'s k-th student response position is row ``k`` of ``[B, Ns, ...]`` tensors (``Ns`` =
+the longest student response in the batch), likewise ``Nt`` for the teacher. Only response
+positions ever take part (prompt and padding never do), so every result is independent of the
+padding side and of extra padding.
+
+CMA, exactly as METHOD.md section 2 (``e`` = input-embedding lookup, inputs detached):
+
+- ``Q = P_q([e_s(x_in); e_s(x_tgt)])``  (2 d_s -> 2 d_t)
+- ``K = N([e_t(y_in); e_t(y_tgt)])``,  ``V = P_t2s(N(h_t) + N(e_t(y_tgt)))``
+- ``N(a) = a / std(a)``: one scalar, the (unbiased) standard deviation of all entries of ``a``
+  **over the response positions of the whole micro-batch** [I] (the authors' code takes it over
+  the padded batch tensor, prompt and padding included; ours does not depend on padding).
+- ``scores = Q K^T / sqrt(2 d_t)`` restricted to student-response x teacher-response;
+  ``A_ts = softmax`` over teacher positions, ``A_st = softmax(scores^T)`` over student positions.
+- ``h_t->s = A_ts V``  and  ``h_s->t = A_st P_s2t(h_s)``.
+
+ETA (DSKDv2): the attention is the 0/1 exact-token-alignment matrix, row-normalised in each
+direction, and the values are the raw projected hidden states: ``h_t->s = A_ts P_t2s(h_t)``,
+``h_s->t = A_st P_s2t(h_s)`` (hidden states copied across aligned pairs only), so a
+logit-preserving projector init (:mod:`dwakd.methods.projectors`) keeps the logits unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dwakd.errors import ConfigError
+from dwakd.methods.projectors import make_projector
+
+
+# ----------------------------------------------------------------------------- compaction
+@dataclass
+class Compact:
+    """Where the selected positions of a ``[B, L]`` mask sit, compacted to ``[B, N]``.
+
+    ``index`` ``[B, N]`` long positions (0 in padding slots), ``valid`` ``[B, N]`` bool,
+    ``lengths`` ``[B]`` long, ``flat`` ``[n]`` long indices into the flattened ``[B * L]`` tensor
+    (row-major, the same order as ``valid``'s True entries).
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    lengths: torch.Tensor
+    flat: torch.Tensor
+    width: int  # L
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, ...]`` -> ``[B, N, ...]``, zeros (not junk) in padding slots."""
+        idx = self.index.view(*self.index.shape, *([1] * (x.dim() - 2))).expand(*self.index.shape, *x.shape[2:])
+        out = x.gather(1, idx)
+        keep = self.valid.view(*self.valid.shape, *([1] * (x.dim() - 2)))
+        return out.masked_fill(~keep, 0)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, ...]`` -> ``[n, ...]``: the selected rows in order."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat)
+
+    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[n]`` -> ``[B, N]`` (zeros in padding slots)."""
+        out = torch.zeros(self.valid.shape, dtype=rows.dtype, device=rows.device)
+        out[self.valid] = rows
+        return out
+
+
+def compact(mask: torch.Tensor) -> Compact:
+    """:class:`Compact` for a ``[B, L]`` bool mask (``N`` = max count, at least 1)."""
+    mask = mask.bool()
+    bsz, width = mask.shape
+    lengths = mask.sum(1)
+    n = max(int(lengths.max()) if bsz else 0, 1)
+    # stable sort puts the selected positions first, in order
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :n]
+    valid = torch.arange(n, device=mask.device)[None, :] < lengths[:, None]
+    index = torch.where(valid, order, 0)
+    b, pos = mask.nonzero(as_tuple=True)
+    return Compact(index, valid, lengths, b * width + pos, width)
+
+
+def prefix_mask(attention_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: the first ``counts[b]`` real tokens of each sequence (``attention_mask`` = 1).
+
+    The authors' code takes the first ``n`` positions of the (right-padded) tensor; starting at
+    the first real token keeps this identical under right padding and padding-side invariant.
+    """
+    real = attention_mask.bool()
+    rank = torch.cumsum(real.long(), dim=1) - 1
+    return real & (rank < counts[:, None])
+
+
+# ----------------------------------------------------------------------------- alignment
+@dataclass
+class Alignment:
+    """Both directions of an alignment over compacted response positions.
+
+    ``a_ts`` ``[B, Ns, Nt]`` (rows sum to 1 where aligned, else 0), ``a_st`` ``[B, Nt, Ns]``,
+    ``h_t2s`` ``[B, Ns, d_s]`` (with grad to the projectors), ``h_s2t`` ``[B, Nt, d_t]``,
+    ``s_aligned`` ``[B, Ns]`` / ``t_aligned`` ``[B, Nt]`` bool: rows with any partner.
+    """
+
+    a_ts: torch.Tensor
+    a_st: torch.Tensor
+    h_t2s: torch.Tensor
+    h_s2t: torch.Tensor
+    s_aligned: torch.Tensor
+    t_aligned: torch.Tensor
+
+
+def batch_std_scale(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x / std(x[valid])`` (one scalar over every entry of the valid rows; 1 if undefined or 0)."""
+    sel = x[valid]
+    if sel.numel() < 2:
+        return x
+    std = sel.float().std()
+    if not bool(torch.isfinite(std)) or float(std) == 0.0:
+        return x
+    return x / std.to(x.dtype)
+
+
+def _masked_softmax(scores: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    filled = scores.masked_fill(~pair, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=-1) * pair.to(scores.dtype)
+
+
+class CrossModelAttention(nn.Module):
+    """The CMA projectors (``query``, ``t2s``, ``s2t``) and the attention itself.
+
+    ``d_s``/``d_t``: hidden sizes; ``e_s``/``e_t``: input-embedding sizes. ``V`` adds ``N(h_t)``
+    and ``N(e_t(y_tgt))``, so the teacher's embedding size must equal its hidden size.
+    """
+
+    def __init__(self, d_s: int, d_t: int, e_s: int, e_t: int, *, device=None):
+        super().__init__()
+        if e_t != d_t:
+            raise ConfigError(
+                f"cross-model attention adds the teacher's hidden states (size {d_t}) to its target "
+                f"embeddings (size {e_t}); they must have the same size. Use an -eta method instead."
+            )
+        self.d_t = d_t
+        self.query = make_projector(2 * e_s, 2 * e_t, device=device)
+        self.t2s = make_projector(d_t, d_s, device=device)
+        self.s2t = make_projector(d_s, d_t, device=device)
+
+    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact) -> Alignment:
+        dt = self.query.weight.dtype
+        s_emb = torch.cat([s_comp.gather(student_out.input_embeds), s_comp.gather(student_out.target_embeds)], -1)
+        t_in, t_tgt = t_comp.gather(teacher_out.input_embeds), t_comp.gather(teacher_out.target_embeds)
+        t_hid = t_comp.gather(teacher_out.hidden)
+        query = self.query(s_emb.detach().to(dt))  # [B, Ns, 2 e_t]
+        key = batch_std_scale(torch.cat([t_in, t_tgt], -1).detach().to(dt), t_comp.valid)
+        value_in = batch_std_scale(t_hid.detach().to(dt), t_comp.valid) + batch_std_scale(
+            t_tgt.detach().to(dt), t_comp.valid
+        )
+        value = self.t2s(value_in)  # [B, Nt, d_s]
+        scores = query @ key.transpose(1, 2) / math.sqrt(2 * self.d_t)
+        pair = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
+        a_ts = _masked_softmax(scores, pair)
+        a_st = _masked_softmax(scores.transpose(1, 2), pair.transpose(1, 2))
+        h_s = s_comp.gather(student_out.hidden).to(dt)
+        return Alignment(
+            a_ts=a_ts,
+            a_st=a_st,
+            h_t2s=a_ts @ value,
+            h_s2t=a_st @ self.s2t(h_s),
+            s_aligned=s_comp.valid & t_comp.lengths[:, None].gt(0),
+            t_aligned=t_comp.valid & s_comp.lengths[:, None].gt(0),
+        )
+
+
+def eta_attention(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-normalise a 0/1 alignment matrix ``[B, Ns, Nt]`` both ways: ``(a_ts, a_st)``."""
+    m = matrix.float()
+    a_ts = m / m.sum(-1, keepdim=True).clamp_min(1.0)
+    mt = m.transpose(1, 2)
+    a_st = mt / mt.sum(-1, keepdim=True).clamp_min(1.0)
+    return a_ts, a_st
+
+
+class TokenAlignmentProjectors(nn.Module):
+    """ETA (DSKDv2) projectors ``t2s`` (d_t -> d_s) and ``s2t`` (d_s -> d_t)."""
+
+    def __init__(self, d_s: int, d_t: int, *, device=None):
+        super().__init__()
+        self.t2s = make_projector(d_t, d_s, device=device)
+        self.s2t = make_projector(d_s, d_t, device=device)
+
+    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact, matrix: torch.Tensor) -> Alignment:
+        dt = self.t2s.weight.dtype
+        a_ts, a_st = eta_attention(matrix.to(s_comp.valid.device))
+        h_t = t_comp.gather(teacher_out.hidden).detach().to(dt)
+        h_s = s_comp.gather(student_out.hidden).to(dt)
+        return Alignment(
+            a_ts=a_ts,
+            a_st=a_st,
+            h_t2s=a_ts @ self.t2s(h_t),
+            h_s2t=a_st @ self.s2t(h_s),
+            s_aligned=matrix.bool().any(-1) & s_comp.valid,
+            t_aligned=matrix.bool().any(1) & t_comp.valid,
+        )

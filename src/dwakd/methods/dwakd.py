@@ -1,0 +1,365 @@
+"""DWA-KD: dual-space entropy weighting + (banded) Soft-DTW alignment, METHOD.md sections 3-5.
+
+Terms of one micro-batch (token sums; default rates in brackets):
+
+- ``ce``        CE of the student on gold response tokens                          [0.5]
+- ``kd_stu``    sum_i w_s(i) D(p_t->s(i)/tau, detached || p_s(i)/tau)   (D = ``divergence``, srkl) [0.5]
+- ``kd_tea``    sum_j w_t(j) D_t(p_t(j)/tau || p_s->t(j)/tau)   (D_t = ``teacher_divergence``, fkl) [0.5]
+- ``ce_t2s``    sum_i CE(z_t->s(i), gold(i))                                        [0.5]
+- ``dtw_hidden`` sum_b nDTW(h_s, P_t2s h_t)  (same t2s projector as CMA, on raw h_t)   [0.2]
+- ``dtw_embed``  sum_b nDTW(e_s(x_tgt), P_e e_t(y_tgt).detach())                     [0.2]
+
+Weights (all detached): ``w_s = renorm_to_len(H_s) * g`` with the gate ``g = max_v p_t->s(v)``
+multiplying after the renormalisation; ``w_t = renorm_to_len(clamp(1 - H_t / log V_t, 0, 1))``.
+``renorm_to_len`` scales a sequence's values to sum to its number of participating positions;
+when they sum to 0 it gives 1 on each of them [I]. Entropies and the gate at temperature 1.
+
+Soft-DTW (section 4): cosine cost, no length normalisation by default, ``gamma`` 2.0 with optional
+linear annealing to ``gamma_final``. The band comes from the detached CMA attention ``A_ts``
+(:func:`band_penalty`) and is added to the cross cost only, for both alignments. Positions are
+the compacted response positions (``dtw_positions: response``, default); ``prefix`` takes the first
+``n`` real tokens of each sequence, ``n`` = its response-token count, as the authors' code does
+(under right padding those are mostly prompt positions; target embeddings there are the
+embedding of token 0, as :func:`dwakd.models.outputs.run_model` fills them). The band is indexed
+by the compacted response positions in both modes (in ``prefix`` mode it is applied to the prefix
+positions of the same indices, as in the authors' code).
+
+The paper's ablations: EW only = ``dtw: none``; +DTW = ``dtw: both, band: false``; +bDTW =
+``band: true``; without the gate = ``weights: entropy``; full = the defaults.
+
+DWA-KD-ETA (DWA-KDv2): the same weighting and Soft-DTW on top of DSKD-ETA; only aligned positions
+take part in ``kd_stu`` / ``kd_tea`` / ``ce_t2s`` (weights renormalised over them) and the band is
+the 0/1 ETA matrix: penalty ``band_lambda`` wherever a pair is not aligned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dwakd.align import soft_dtw_divergence
+from dwakd.errors import ConfigError
+from dwakd.methods._chunked import RowSide, fused_rows
+from dwakd.methods.base import LossTerms
+from dwakd.methods.cma import Compact, compact, prefix_mask
+from dwakd.methods.dskd import (
+    DualSpaceMethod,
+    DualSpaceOptions,
+    _check_choice,
+    _check_positive,
+    dual_space_rows,
+    eta_matrix,
+)
+from dwakd.methods.projectors import make_projector
+
+WEIGHTS = ("none", "entropy", "entropy+gate")
+DTW_TERMS = ("none", "hidden", "embed", "both")
+DTW_POSITIONS = ("response", "prefix")
+
+
+# ----------------------------------------------------------------------------- weights
+def renorm_to_len(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]``: ``values`` zeroed outside ``mask`` and scaled per row to sum to ``mask.sum(1)``.
+
+    A row whose masked values sum to 0 (or less) gets 1 on each masked position.
+    """
+    m = mask.to(values.dtype)
+    v = values * m
+    total = v.sum(1, keepdim=True)
+    count = m.sum(1, keepdim=True)
+    ok = total > 0
+    scaled = v * (count / torch.where(ok, total, torch.ones_like(total)))
+    return torch.where(ok, scaled, m)
+
+
+def _row_stats(logits: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None = None):
+    """Entropy of ``logits`` rows (and the peak probability of ``other``) at the masked positions."""
+    comp = compact(mask)
+    p = RowSide(logits.detach().reshape(-1, logits.shape[-1]), index=comp.flat)
+    q = None if other is None else RowSide(other.detach().reshape(-1, other.shape[-1]), index=comp.flat)
+    out = fused_rows(p, q, entropy_p=True, q_peak=q is not None)
+    return comp, out
+
+
+def entropy_weights(entropy: torch.Tensor, mask: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """Student weights from per-position entropies (and gate): ``renorm_to_len(H) * gate``."""
+    w = renorm_to_len(entropy.detach().float(), mask)
+    if gate is not None:
+        w = w * gate.detach().float() * mask
+    return w
+
+
+def confidence_weights(entropy: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Teacher weights: ``renorm_to_len(clamp(1 - H / log V, 0, 1))`` (1 everywhere if ``V <= 1``)."""
+    if vocab_size <= 1:
+        return mask.float()
+    conf = (1.0 - entropy.detach().float() / torch.log(torch.tensor(float(vocab_size)))).clamp(0.0, 1.0)
+    return renorm_to_len(conf, mask)
+
+
+def student_weights(student_logits: torch.Tensor, t2s_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` student-space weights (METHOD.md section 3), detached, zero outside ``mask``.
+
+    ``student_logits`` ``[B, S, V_s]``; ``t2s_logits`` ``[B, S, V]`` the projected teacher's logits
+    (the gate is their peak probability); ``mask`` ``[B, S]`` the positions that take part.
+    """
+    with torch.no_grad():
+        comp, out = _row_stats(student_logits, mask, t2s_logits)
+        return entropy_weights(comp_to_full(comp, out.entropy_p), mask, comp_to_full(comp, out.q_peak))
+
+
+def teacher_weights(teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` teacher-space weights (METHOD.md section 3), detached, zero outside ``mask``;
+    ``V_t`` = ``teacher_logits.shape[-1]``."""
+    with torch.no_grad():
+        comp, out = _row_stats(teacher_logits, mask)
+        return confidence_weights(comp_to_full(comp, out.entropy_p), mask, teacher_logits.shape[-1])
+
+
+def comp_to_full(comp: Compact, rows: torch.Tensor) -> torch.Tensor:
+    """``[n]`` rows -> ``[B, L]`` at their original positions (zeros elsewhere)."""
+    out = torch.zeros(comp.valid.shape[0] * comp.width, dtype=rows.dtype, device=rows.device)
+    out[comp.flat] = rows
+    return out.view(comp.valid.shape[0], comp.width)
+
+
+# ----------------------------------------------------------------------------- band
+def band_penalty(
+    attention: torch.Tensor,
+    student_lengths: torch.Tensor,
+    teacher_lengths: torch.Tensor,
+    *,
+    b: float = 5.0,
+    beta: float = 2.0,
+    alpha: float = 0.7,
+    lam: float = 1.0,
+) -> torch.Tensor:
+    """``[B, N, M]`` soft-band penalty for the Soft-DTW cross cost (METHOD.md section 4).
+
+    ``attention`` ``[B, N, M]``: ``A_ts`` over compacted response positions (detached here and
+    renormalised over the first ``teacher_lengths[b]`` columns); ``student_lengths`` /
+    ``teacher_lengths`` ``[B]``: ``S`` and ``T`` per example. Row ``i`` (0-based):
+    ``c_i = alpha * sum_j j A_ij + (1 - alpha) * i * T / S``, ``w_i = b + beta * H(A_i.)``
+    (natural log), penalty ``lam * [|j - c_i| > w_i]``. A row with no attention mass uses the
+    diagonal prior ``i T / S`` as its centre and entropy 0. Zero outside ``i < S, j < T``.
+    """
+    a = attention.detach().float()
+    bsz, n, m = a.shape
+    dev = a.device
+    s_len = student_lengths.to(dev).float()
+    t_len = teacher_lengths.to(dev).float()
+    i = torch.arange(n, device=dev, dtype=torch.float32)
+    j = torch.arange(m, device=dev, dtype=torch.float32)
+    col_ok = j[None, :] < t_len[:, None]  # [B, M]
+    row_ok = i[None, :] < s_len[:, None]  # [B, N]
+    a = a * col_ok[:, None, :]
+    mass = a.sum(-1, keepdim=True)
+    has = mass > 0
+    a = a / torch.where(has, mass, torch.ones_like(mass))
+    prior = i[None, :] * t_len[:, None] / s_len.clamp_min(1.0)[:, None]  # [B, N]
+    expect = (a * j).sum(-1)
+    expect = torch.where(has.squeeze(-1), expect, prior)
+    centre = alpha * expect + (1.0 - alpha) * prior
+    ent = -(torch.where(a > 0, a * a.clamp_min(1e-30).log(), 0.0)).sum(-1)
+    width = b + beta * ent
+    outside = (j[None, None, :] - centre[:, :, None]).abs() > width[:, :, None]
+    valid = row_ok[:, :, None] & col_ok[:, None, :]
+    return lam * (outside & valid).float()
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class DWAKDOptions(DualSpaceOptions):
+    """DWA-KD options (plus :class:`~dwakd.methods.dskd.DualSpaceOptions`).
+
+    - ``rate_ce`` / ``rate_wkd`` / ``rate_dtw``: 0.5 / 0.5 / 0.2 (METHOD.md section 5).
+    - ``weights``: ``none`` | ``entropy`` | ``entropy+gate`` (student space; teacher space uses its
+      confidence weights unless ``none``).
+    - ``gate_warmup_steps``: linear warm-up of the gate, ``g_eff = 1 - r + r g``, ``r = step / N``
+      (0 = off).
+    - ``dtw``: ``none`` | ``hidden`` | ``embed`` | ``both``.  ``dtw_positions``: ``response`` | ``prefix``.
+    - ``band`` with ``band_b``, ``band_beta``, ``band_alpha``, ``band_lambda`` (5, 2.0, 0.7, 1.0).
+    - ``gamma``: Soft-DTW smoothing; ``gamma_final``: anneal linearly to it over training (None = off).
+    - ``dtw_length_norm``: divide each sequence's nDTW by ``max(S, T)`` (off = the paper's raw sum).
+    """
+
+    divergence: str = "srkl"
+    teacher_divergence: str = "fkl"
+    temperature: float = 2.0
+    rate_ce: float = 0.5
+    rate_wkd: float = 0.5
+    rate_dtw: float = 0.2
+    weights: str = "entropy+gate"
+    gate_warmup_steps: int = 0
+    dtw: str = "both"
+    dtw_positions: str = "response"
+    band: bool = True
+    band_b: float = 5.0
+    band_beta: float = 2.0
+    band_alpha: float = 0.7
+    band_lambda: float = 1.0
+    gamma: float = 2.0
+    gamma_final: float | None = None
+    dtw_length_norm: bool = False
+
+    def validate(self, where: str = "method") -> None:
+        super().validate(where)
+        for name in ("rate_ce", "rate_wkd", "rate_dtw", "band_b", "band_beta", "band_lambda"):
+            _check_positive(where, name, getattr(self, name), allow_zero=True)
+        _check_choice(where, "weights", self.weights, WEIGHTS)
+        _check_choice(where, "dtw", self.dtw, DTW_TERMS)
+        _check_choice(where, "dtw_positions", self.dtw_positions, DTW_POSITIONS)
+        for name in ("band", "dtw_length_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(self, name)!r}")
+        a = self.band_alpha
+        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
+            raise ConfigError(f"{where}.band_alpha must be a number in [0, 1], got {a!r}")
+        _check_positive(where, "gamma", self.gamma)
+        if self.gamma_final is not None:
+            _check_positive(where, "gamma_final", self.gamma_final)
+        g = self.gate_warmup_steps
+        if not isinstance(g, int) or isinstance(g, bool) or g < 0:
+            raise ConfigError(f"{where}.gate_warmup_steps must be an integer >= 0, got {g!r}")
+
+
+@dataclass
+class DWAKDETAOptions(DWAKDOptions):
+    """DWA-KD-ETA options: as DWA-KD, with the logit-preserving projector init on by default."""
+
+    projector_init: str = "pinv"
+
+
+# ----------------------------------------------------------------------------- method
+class DWAKD(DualSpaceMethod):
+    name = "dwakd"
+    description = "DWA-KD: dual-space entropy-weighted KD + banded Soft-DTW over cross-model attention"
+    Options = DWAKDOptions
+
+    def __init__(self, student, teacher, options):
+        super().__init__(student, teacher, options)
+        if options.dtw in ("embed", "both"):
+            self.embed_proj = make_projector(self.dims["e_t"], self.dims["e_s"], device=self.student_head_weight().device)
+        self._step, self._total = 0, 0
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        self._step, self._total = int(step), int(total_steps)
+
+    def current_gamma(self) -> float:
+        o = self.options
+        if o.gamma_final is None or self._total <= 0:
+            return float(o.gamma)
+        frac = min(max(self._step / self._total, 0.0), 1.0)
+        return float(o.gamma + (o.gamma_final - o.gamma) * frac)
+
+    def gate_ramp(self) -> float:
+        n = self.options.gate_warmup_steps
+        return 1.0 if n <= 0 else min(max(self._step / n, 0.0), 1.0)
+
+    # -- weights ---------------------------------------------------------------------------
+    def _weights(self, rows, s_mask, t_mask, vocab_t):
+        o = self.options
+        if o.weights == "none":
+            return s_mask.float(), t_mask.float()
+        gate = None
+        if o.weights == "entropy+gate":
+            r = self.gate_ramp()
+            gate = (1.0 - r) + r * rows.gate
+        return entropy_weights(rows.entropy_s, s_mask, gate), confidence_weights(rows.entropy_t, t_mask, vocab_t)
+
+    # -- soft-DTW --------------------------------------------------------------------------
+    def _band(self, align, s_comp, t_comp, matrix):
+        o = self.options
+        if not o.band:
+            return None
+        if matrix is not None:
+            valid = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
+            return o.band_lambda * ((matrix < 0.5) & valid).float()
+        return band_penalty(align.a_ts, s_comp.lengths, t_comp.lengths, b=o.band_b, beta=o.band_beta,
+                            alpha=o.band_alpha, lam=o.band_lambda)
+
+    def _dtw_terms(self, student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats):
+        o = self.options
+        if o.dtw == "none":
+            return {}
+        if o.dtw_positions == "prefix":
+            s_pos = compact(prefix_mask(batch.student.attention_mask, s_comp.lengths))
+            t_pos = compact(prefix_mask(batch.teacher.attention_mask, t_comp.lengths))
+        else:
+            s_pos, t_pos = s_comp, t_comp
+        dt = self.align.t2s.weight.dtype
+        pairs = []  # (name, x, y)
+        if o.dtw in ("hidden", "both"):
+            x = s_pos.gather(student_out.hidden).to(dt)
+            y = self.align.t2s(t_pos.gather(teacher_out.hidden).detach().to(dt))
+            pairs.append(("dtw_hidden", x, y))
+        if o.dtw in ("embed", "both"):
+            x = s_pos.gather(student_out.target_embeds).to(dt)
+            y = self.embed_proj(t_pos.gather(teacher_out.target_embeds).detach().to(dt))
+            pairs.append(("dtw_embed", x, y))
+        penalty = self._band(align, s_comp, t_comp, matrix)
+        use = (s_pos.lengths > 0) & (t_pos.lengths > 0)
+        gamma = self.current_gamma()
+        stats["gamma"] = gamma
+        stats["ndtw_negative"] = 0.0
+        if not bool(use.any()):
+            return {name: x.sum() * 0.0 for name, x, _ in pairs}
+        # One operator call for all alignments of equal feature size (METHOD.md section 9).
+        sel = use.nonzero().squeeze(1)
+        xs = torch.cat([x.index_select(0, sel) for _, x, _ in pairs])
+        ys = torch.cat([y.index_select(0, sel) for _, _, y in pairs])
+        x_mask = s_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
+        y_mask = t_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
+        pen = None if penalty is None else penalty.index_select(0, sel).repeat(len(pairs), 1, 1)
+        values = soft_dtw_divergence(xs, ys, gamma, x_mask=x_mask, y_mask=y_mask, cost="cosine", cross_penalty=pen)
+        if o.dtw_length_norm:
+            longest = torch.maximum(s_pos.lengths, t_pos.lengths).index_select(0, sel).clamp_min(1)
+            values = values / longest.repeat(len(pairs)).to(values.dtype)
+        stats["ndtw_negative"] = float((values.detach() < 0).sum())
+        per = values.view(len(pairs), -1)
+        return {name: per[k].sum() for k, (name, _, _) in enumerate(pairs)}
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, student_out, teacher_out, batch) -> LossTerms:
+        o = self.options
+        s_comp = compact(batch.student.target_mask)
+        t_comp = compact(batch.teacher.target_mask)
+        matrix = None
+        if self.use_eta:
+            matrix = eta_matrix(batch, s_comp, t_comp)
+            align = self.align(student_out, teacher_out, s_comp, t_comp, matrix)
+        else:
+            align = self.align(student_out, teacher_out, s_comp, t_comp)
+        rows = dual_space_rows(self, student_out, teacher_out, batch, s_comp, t_comp, align)
+        w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, teacher_out.logits.shape[-1])
+        n_tok = s_comp.valid.sum()
+        stats = {
+            "w_s_mean": _masked_mean(w_s, align.s_aligned),
+            "w_t_mean": _masked_mean(w_t, align.t_aligned),
+            "gate_mean": _masked_mean(rows.gate, align.s_aligned),
+            "aligned_student_frac": float(align.s_aligned.sum() / n_tok.clamp_min(1)),
+        }
+        terms = {
+            "ce": rows.ce.sum(),
+            "kd_stu": (rows.kd_stu * w_s).sum(),
+            "kd_tea": (rows.kd_tea * w_t).sum(),
+            "ce_t2s": (rows.ce_t2s * align.s_aligned.float()).sum(),
+        }
+        rates = {"ce": o.rate_ce, "kd_stu": o.rate_wkd, "kd_tea": o.rate_wkd, "ce_t2s": o.rate_wkd}
+        for name, value in self._dtw_terms(student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats).items():
+            terms[name] = value
+            rates[name] = o.rate_dtw
+        return LossTerms(terms=terms, n_tokens=n_tok, rates=rates, stats=stats)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(mask.sum())
+    return float((x.detach().float() * mask).sum() / n) if n else 0.0
+
+
+class DWAKDETA(DWAKD):
+    name = "dwakd-eta"
+    description = "DWA-KDv2: DWA-KD weighting and Soft-DTW on top of exact token alignment (DSKDv2)"
+    Options = DWAKDETAOptions
+    use_eta = True
