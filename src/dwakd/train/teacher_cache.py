@@ -234,10 +234,14 @@ class TeacherCache:
                                         f"positions but the batch has {positions.numel()}; rebuild the cache")
             hidden[row, positions] = rows.to(device=device, dtype=torch.float32)
         with torch.no_grad():
+            # The head runs on the response rows only; other rows stay zero (no method reads them).
             weight = head.weight
-            logits = hidden.to(weight.dtype) @ weight.T
+            mask = side.target_mask
+            logits = torch.zeros(B, L, weight.shape[0], dtype=torch.float32, device=device)
+            rows = hidden[mask].to(weight.dtype) @ weight.T
             if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias
+                rows = rows + head.bias
+            logits[mask] = rows.float()
             return ModelOutputs(
                 logits=logits.float(),
                 hidden=hidden,

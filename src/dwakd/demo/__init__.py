@@ -1,0 +1,1 @@
+"""The embedded default job behind ``make demo`` / ``dwakd demo``."""
