@@ -35,6 +35,12 @@ def test_demo_toy_run_writes_the_report(tmp_path, monkeypatch):
     for m in ("sft", "dskd", "dwakd"):
         rows = [json.loads(x) for x in (tmp_path / "demo" / m / "metrics.jsonl").read_text().splitlines()]
         steps.add(max(r.get("step", 0) for r in rows))
+        terms = {k for r in rows if r.get("kind") == "train" for k in r if k.startswith("term/")}
+        assert "term/ce" in terms, m
+        if m != "sft":
+            assert {"term/kd_stu", "term/kd_tea", "term/ce_t2s"} <= terms, (m, terms)
+        if m == "dwakd":
+            assert {"term/dtw_hidden", "term/dtw_embed"} <= terms, terms
     assert len(steps) == 1
     # A second run reuses the teacher answers, the cache and the trained students.
     again = run_demo(tmp_path / "demo", settings=settings)

@@ -200,7 +200,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, settings
 
                 shutil.rmtree(run_dir)
             train(cfg)
-            (run_dir / "demo_config.yaml").write_text(configs[method].read_text())
+            (run_dir / "demo_config.yaml").write_text(_run_identity(configs[method]))
         finals[method] = run_dir / "final"
         timings[f"train/{method}"] = time.time() - t
 
@@ -233,6 +233,13 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, settings
     return {"report": report, "results": results, "table": table, "timings": timings}
 
 
+def _run_identity(cfg_path: Path) -> str:
+    """The config text plus a hash of its training data: a trained run is reused only if both match."""
+    cfg = yaml.safe_load(cfg_path.read_text())
+    data = Path(cfg["data"]["train"]).read_bytes()
+    return cfg_path.read_text() + f"# training data sha256: {hashlib.sha256(data).hexdigest()}\n"
+
+
 def _same_config(run_dir: Path, cfg_path: Path) -> bool:
     prev = run_dir / "demo_config.yaml"
-    return prev.is_file() and prev.read_text() == cfg_path.read_text()
+    return prev.is_file() and prev.read_text() == _run_identity(cfg_path)

@@ -71,7 +71,7 @@ def alignment_example(run_dir: Path, final_dir: Path, record: dict, out_png: Pat
 def write_demo_report(out: Path, results: list[dict], configs: dict, finals: dict, settings, timings: dict,
                       *, quick: bool) -> Path:
     """Write ``<out>/report.md`` and its figures under ``<out>/figures``."""
-    from dwakd.eval.plots import plot_loss_curves, plot_metric_bars
+    from dwakd.eval.plots import plot_loss_curves, plot_metric_bars, read_metrics
     from dwakd.eval.report import write_report
 
     fig_dir = out / "figures"
@@ -79,7 +79,9 @@ def write_demo_report(out: Path, results: list[dict], configs: dict, finals: dic
     images = []
     runs = {m: Path(finals[m]).parent / "metrics.jsonl" for m in finals if (Path(finals[m]).parent / "metrics.jsonl").is_file()}
     if runs:
-        images.append(("Training loss per term (token means) for each method", plot_loss_curves(runs, fig_dir / "loss_curves.png")))
+        train_rows = {m: [r for r in read_metrics(p) if r.get("kind") == "train"] for m, p in runs.items()}
+        images.append(("Training loss per term (token means, before the loss rates) for each method",
+                       plot_loss_curves(train_rows, fig_dir / "loss_curves.png", prefix="term/", log_y=True)))
     images.append(("ROUGE-L (mean ± std over seeds) and bits per byte of the references", plot_metric_bars(results, fig_dir / "metrics.png")))
     if "dwakd" in finals:
         test = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
