@@ -33,10 +33,10 @@ METHODS = ("sft", "dskd", "dwakd")
 class DemoSettings:
     """Sizes of the demo. ``quick`` shrinks everything to run in about two minutes."""
 
-    n_train: int = 320
+    n_train: int = 240
     n_test: int = 40
-    answer_tokens: int = 64
-    epochs: int = 3
+    answer_tokens: int = 48
+    epochs: int = 2
     batch_size: int = 8
     lr: float = 2e-3
     seeds: tuple[int, ...] = (10, 20, 30)
