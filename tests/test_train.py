@@ -173,8 +173,12 @@ def test_loss_is_normalised_over_the_whole_step(tmp_path, cfg_dict, tiny_student
     for m, w in others:
         assert m["n_tokens"] == m1["n_tokens"]
         assert m["loss"] == pytest.approx(m1["loss"], rel=1e-6)
+        # One AdamW step from the same weights moves each element by lr * g / (|g| + eps): for a
+        # gradient element within float32 summation noise of zero that ratio is ill-conditioned,
+        # so the weights are compared to 1% of lr (1e-5); the loss must agree to 1e-6 (and with the
+        # float64 recomputation below).
         for k in w1:
-            torch.testing.assert_close(w[k], w1[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(w[k], w1[k], rtol=1e-5, atol=1e-5)
     # independent reference: each example alone through HF's own shifted-label loss, summed, / all tokens
     data = _encoded_examples(cfg)
     model = AutoModelForCausalLM.from_pretrained(student).double().eval()
