@@ -34,9 +34,12 @@ each cell's predecessors, ``c - S``): two grid-sized buffers. The backward's wei
 ops; the sequential part is then three multiply-adds per diagonal (numpy calls on CPU: a quarter of
 torch's per-call cost), on a ring of three diagonals of E, each finished diagonal being written
 straight into the gradient. Peak memory: three grid-sized buffers in either pass (the cost, S and L;
-S, L and the gradient). Large problems split the batch over torch's thread count (Python threads;
-torch and numpy release the GIL in their kernels). Per-element lengths: the DP runs on the padded
-grid (padding cost 0) and the backward starts from each element's own end cell ``(N_b, M_b)``.
+S, L and the gradient). Every 16 diagonals the two live diagonals are re-centred on their maximum
+(offsets kept exactly, in float64), so float32 rounds the stored values at their own small scale,
+not at the scale of the whole accumulated cost (see :func:`_forward_torch`). Per-element lengths:
+the DP runs on the padded grid (padding cost 0) and the backward starts from each element's own
+end cell ``(N_b, M_b)``. The loops run on one core (their ops are below ATen's parallel grain;
+Python threads over the batch were measured slower).
 
 CUDA tensors use Triton kernels (:mod:`dwakd.align._sdtw_triton`, one launch per pass) when triton
 imports; the torch path is the fallback everywhere.
@@ -47,7 +50,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -55,14 +57,10 @@ import torch
 __all__ = ["pairwise_cost", "soft_dtw", "soft_dtw_divergence"]
 
 _COST_KINDS = ("cosine", "sqeuclidean")
-# Size (elements) of one block of expected-alignment weights in the torch backward: small enough to
-# stay in L2 and below ATen's parallel grain (32768), so batch-chunk threads do not nest OpenMP.
+# Size (elements) of one block of expected-alignment weights in the torch backward (stays in L2).
 _WEIGHT_BLOCK_ELEMS = 24576
 # The torch forward re-centres the stored diagonals every this many diagonals (see _forward_torch).
 _RENORM_EVERY = 16
-# DP size (B * N * M cells) from which the torch loops split the batch over threads.
-_THREAD_MIN_CELLS = 1 << 18
-_POOL: ThreadPoolExecutor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,8 +138,8 @@ def soft_dtw(
     """
     g = _check_gamma(gamma)
     if not torch.is_tensor(cost) or cost.dim() != 3 or not cost.is_floating_point():
-        shape = tuple(cost.shape) if torch.is_tensor(cost) else type(cost).__name__
-        raise ValueError(f"soft_dtw: cost must be a float tensor [B, N, M], got {shape}")
+        what = f"{cost.dtype} of shape {tuple(cost.shape)}" if torch.is_tensor(cost) else type(cost).__name__
+        raise ValueError(f"soft_dtw: cost must be a float tensor [B, N, M], got {what}")
     B, N, M = cost.shape
     if bandwidth is not None:
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:
@@ -271,8 +269,8 @@ def _check_gamma(gamma) -> float:
 
 def _check_seq(name: str, t) -> None:
     if not torch.is_tensor(t) or t.dim() != 3 or not t.is_floating_point():
-        shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
-        raise ValueError(f"{name} must be a float tensor [B, length, D], got {shape}")
+        what = f"{t.dtype} of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+        raise ValueError(f"{name} must be a float tensor [B, length, D], got {what}")
 
 
 def _check_mask(name: str, mask, B: int, L: int, device) -> torch.Tensor | None:
@@ -318,10 +316,10 @@ def _pad_mask(mask: torch.Tensor, P: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Wrapped-skew layout. A chunk of Bc batch elements is a tensor of *logical* shape [Bc, G2, G1]:
-# grid cell (i, j) of element b at [b, (i + j) mod G2, i]. Storage is either batch-outer
-# (contiguous [Bc, G2, G1]: the Triton kernels) or batch-inner (a permuted view of a contiguous
-# [G2, G1, Bc]: the torch loops, where a diagonal of all Bc elements is then one contiguous slice).
+# Wrapped-skew layout. A batch of B DP grids is a tensor of *logical* shape [B, G2, G1]: grid cell
+# (i, j) of element b at [b, (i + j) mod G2, i]. Storage is either batch-outer (contiguous
+# [B, G2, G1]: the Triton kernels) or batch-inner (a permuted view of a contiguous [G2, G1, B]: the
+# torch loops, where a diagonal of all B elements is then one contiguous slice).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -349,8 +347,11 @@ def _make_grid(c, gamma, n_len, m_len, bandwidth, acc, batch_inner: bool):
     else:
         grid = flat.view(B, G1 + 1, G2)
     inner = grid[:, 1 : N + 1, 1 : M + 1]
-    inner.copy_(c)
-    inner.mul_(-1.0 / gamma)
+    if c.dtype == acc:
+        torch.mul(c, -1.0 / gamma, out=inner)
+    else:  # bf16 / float16: convert first (the product would be rounded to the input's precision)
+        inner.copy_(c)
+        inner.mul_(-1.0 / gamma)
     grid[:, 0, :] = -math.inf
     grid[:, :, 0] = -math.inf
     grid[:, 0, 0] = 0.0
@@ -370,12 +371,12 @@ def _make_grid(c, gamma, n_len, m_len, bandwidth, acc, batch_inner: bool):
     return grid, flat
 
 
-def _grid_to_wrapped(grid: torch.Tensor, b0: int, out: torch.Tensor) -> None:
-    """``out[b, r, i] = grid[b0 + b, i, (r - i) mod G2]`` for a wrapped ``out`` of logical shape
-    ``[Bc, G2, G1]`` (any strides); ``grid`` is logical ``[B, G1 + 1, G2]`` with a slack last row."""
+def _grid_to_wrapped(grid: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[b, r, i] = grid[b, i, (r - i) mod G2]`` for a wrapped ``out`` of logical shape
+    ``[B, G2, G1]`` (any strides); ``grid`` is logical ``[B, G1 + 1, G2]`` with a slack last row."""
     Bc, G2, G1 = out.shape
     gb, gi, gj = grid.stride()
-    base = grid.storage_offset() + b0 * gb
+    base = grid.storage_offset()
     # r >= i: grid[i, r - i]; r < i: grid[i, r - i + G2] (reads past the row end, hence the slack row)
     no_wrap = grid.as_strided((Bc, G2, G1), (gb, gj, gi - gj), base)
     wrap = grid.as_strided((Bc, G2, G1), (gb, gj, gi - gj), base + G2 * gj)
@@ -403,33 +404,6 @@ def _fill_wrapped_borders(T: torch.Tensor, lead, trail) -> None:
 def _diag_range(k: int, N: int, M: int) -> tuple[int, int]:
     """Interior rows ``i0..i1`` (1-based) of anti-diagonal ``k = i + j``."""
     return max(1, k - M), min(N, k - 1)
-
-
-def _batch_chunks(B: int, N: int, M: int) -> list[slice]:
-    """Split the batch over torch's thread count when the DP is big enough to pay for threads.
-
-    Only while a diagonal of the whole batch (``B (N + 1)`` values) is below ATen's parallel grain
-    (32768): then the per-diagonal ops run single-threaded and the chunks' Python threads (torch and
-    numpy release the GIL inside their kernels) are the only parallelism; above it ATen already
-    splits each op, and threads on top would oversubscribe the cores.
-    """
-    workers = min(torch.get_num_threads(), B)
-    if workers <= 1 or B * N * M < _THREAD_MIN_CELLS or B * (N + 1) > 32768:
-        return [slice(0, B)]
-    bounds = [round(t * B / workers) for t in range(workers + 1)]
-    return [slice(bounds[t], bounds[t + 1]) for t in range(workers) if bounds[t + 1] > bounds[t]]
-
-
-def _run_chunks(fn, count: int) -> None:
-    """``fn(0), ..., fn(count - 1)``, on a thread pool when count > 1."""
-    global _POOL
-    if count == 1:
-        fn(0)
-        return
-    if _POOL is None or _POOL._max_workers < count:
-        _POOL = ThreadPoolExecutor(max_workers=count, thread_name_prefix="dwakd-sdtw")
-    for fut in [_POOL.submit(fn, t) for t in range(count)]:
-        fut.result()
 
 
 @functools.lru_cache(maxsize=16)
@@ -479,7 +453,7 @@ def _backward_plan(N: int, M: int, Bc: int, rows_per_block: int) -> tuple:
 
 
 def _forward_torch(X: torch.Tensor, Y: torch.Tensor, N: int, M: int, offsets: torch.Tensor, banded: bool) -> None:
-    """One chunk, in place: X (logical [Bc, G2, G1], batch-inner) holds ``c`` on the interior and
+    """In place: X (logical [Bc, G2, G1], batch-inner) holds ``c`` on the interior and
     the S borders; afterwards X holds S - offsets[k] on the interior of anti-diagonal k and Y the
     log-sum-exp of each cell's predecessors, in the units X had when the cell was computed.
     ``offsets`` (float64 ``[N + M + 3, Bc]``) is filled here.
@@ -518,8 +492,8 @@ def _forward_torch(X: torch.Tensor, Y: torch.Tensor, N: int, M: int, offsets: to
 def _backward_torch(
     X, Y, grad, N: int, M: int, n_len: list, m_len: list, go: torch.Tensor, offsets: torch.Tensor, banded: bool
 ) -> None:
-    """One chunk: write ``go_b dValue_b/dC`` into ``grad`` (``[N * M, Bc]``, cell (i, j) at row
-    ``(i - 1) M + j - 1``; any row stride, columns contiguous), from X = S and Y = L (logical
+    """Write ``go_b dValue_b/dC`` into ``grad`` (``[N * M, Bc]``, cell (i, j) at row
+    ``(i - 1) M + j - 1``; any strides), from X = S and Y = L (logical
     ``[Bc, G2, G1]``, batch-inner). ``E_ij = sum_succ E_succ exp(S_ij - L_succ)`` runs over the
     anti-diagonals in descending order, started at each element's end cell ``(n_b, m_b)`` (elements
     with an empty side get no start and stay 0). Only three diagonals of E are kept (a ring, zero
@@ -548,18 +522,21 @@ def _backward_torch(
     shifts = (offsets[1:] - offsets[:-1]).to(X.dtype)  # row k - 1: the shift of diagonal k
     shifted = {k + 1: shifts[k] for k in shifts.ne(0).any(1).nonzero().flatten().tolist()}
     if use_numpy:
-        ring = np.zeros((3 * G1, Bc), dtype=torch.empty(0, dtype=X.dtype).numpy().dtype)
+        Xn, Yn = Xp.numpy(), Yp.numpy()
+        ring = np.zeros((3 * G1, Bc), dtype=Xn.dtype)
         tmp = np.empty((G1, Bc), dtype=ring.dtype)
+        wbuf = np.empty((3, rows_per_block * (N + 1) * Bc), dtype=ring.dtype)
         gr = grad.numpy()
         mul, add, copy = np.multiply, np.add, np.copyto
+        if shifted:
+            shifted = {k: v.numpy() for k, v in shifted.items()}
     else:
         ring = torch.zeros(3 * G1, Bc, dtype=X.dtype, device=X.device)
         gr = grad
     for ka, kb, steps in plan:
         corr = [(k - ka, shifted[k]) for k in range(ka, kb + 1) if k in shifted] if shifted else None
-        wd, wr, wg = (w.view(-1, Bc) for w in _weight_block(Xp, Yp, ka, kb, N, M, banded, corr))
         if use_numpy:
-            wd, wr, wg = wd.numpy(), wr.numpy(), wg.numpy()
+            wd, wr, wg = (w.reshape(-1, Bc) for w in _weight_block_numpy(Xn, Yn, ka, kb, N, M, banded, corr, wbuf))
             for k, w, e, down, right, diag, head, g in steps:
                 ek = ring[e]
                 t = tmp[head]
@@ -572,6 +549,7 @@ def _backward_torch(
                     ring[starts[k][0], starts[k][1]] = starts[k][2]
                 copy(gr[g], ek)
         else:
+            wd, wr, wg = (w.view(-1, Bc) for w in _weight_block(Xp, Yp, ka, kb, N, M, banded, corr))
             for k, w, e, down, right, diag, _, g in steps:
                 ek = ring[e]
                 torch.mul(wd[w], ring[down], out=ek)
@@ -618,6 +596,42 @@ def _weight_block(Xp, Yp, ka: int, kb: int, N: int, M: int, banded: bool, corr=N
     return wd.view(-1), wr.view(-1), wg.view(-1)
 
 
+def _weight_block_numpy(Xn, Yn, ka: int, kb: int, N: int, M: int, banded: bool, corr, buf):
+    """:func:`_weight_block` with numpy on CPU (into ``buf`` [3, >= rows * width * Bc]). numpy's
+    ufuncs run single-threaded: ATen's exp goes parallel from 2048 elements, and an OpenMP barrier
+    per small op stalls for whole scheduler slices when the other cores are busy. numpy's float32 exp
+    has no slow path for subnormal results; its float64 exp does, hence the clamp there."""
+    G2, _, Bc = Xn.shape
+    ra = ka if ka < G2 else ka - G2
+    rb = kb if kb < G2 else kb - G2
+    ca = _diag_range(ka, N, M)[0]
+    cb = _diag_range(kb, N, M)[1]
+    s = Xn[ra : rb + 1, ca : cb + 1]
+    if rb + 2 < G2:
+        nxt = Yn[ra + 1 : rb + 3, ca : cb + 2]
+    else:  # successors of the last rows wrap to rows 0 and 1
+        nxt = np.concatenate([Yn[ra + 1 :, ca : cb + 2], Yn[: rb + 3 - G2, ca : cb + 2]], 0)
+    size = s.size
+    wd, wr, wg = (buf[t, :size].reshape(s.shape) for t in range(3))
+    # Border and banned cells in the block give inf - inf or overflow: weights never used.
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(s, nxt[:-1, 1:], out=wd)
+        np.subtract(s, nxt[:-1, :-1], out=wr)
+        np.subtract(s, nxt[1:, 1:], out=wg)
+        for row, shift in corr or ():
+            wd[row] += shift
+            wr[row] += shift
+        for w in (wd, wr, wg):
+            if w.dtype == np.float64:
+                np.maximum(w, -700.0, out=w)
+            np.exp(w, out=w)
+    if banded:  # cells outside the band (S = -inf) carry no gradient (and -inf - -inf is NaN)
+        banned = s == -np.inf
+        for w in (wd, wr, wg):
+            w[banned] = 0.0
+    return wd, wr, wg
+
+
 # ----------------------------------------------------------------------------------------------
 # Autograd function
 # ----------------------------------------------------------------------------------------------
@@ -659,7 +673,7 @@ class _SoftDTWFunction(torch.autograd.Function):
         ctx.shape = (B, N0, M0)
         ctx.cost_dtype = cost.dtype
         ctx.orders = (x_order, y_order)
-        ctx.bandwidth = bandwidth
+        ctx.banded = bandwidth is not None
         if B == 0 or N0 == 0 or M0 == 0:
             ctx.empty_problem = True
             return torch.zeros(B, dtype=acc, device=device)
@@ -675,49 +689,35 @@ class _SoftDTWFunction(torch.autograd.Function):
             n_len, m_len = m_len, n_len
         N, M = c.shape[1], c.shape[2]
         G1, G2 = N + 2, M + 2
-        triton = _use_triton(cost)
-        ctx.triton = triton
+        ctx.triton = triton = _use_triton(cost)
         batch_inner = not triton
-        chunks = [slice(0, B)] if triton else _batch_chunks(B, N, M)
 
         grid, flat = _make_grid(c, gamma, n_len, m_len, bandwidth, acc, batch_inner)
         del c
-        Xs, Ys = [], []
-        for part in chunks:
-            X = _new_wrapped(part.stop - part.start, G1, G2, acc, device, batch_inner)
-            _grid_to_wrapped(grid, part.start, X)
-            Xs.append(X)
+        X = _new_wrapped(B, G1, G2, acc, device, batch_inner)
+        _grid_to_wrapped(grid, X)
         del grid
-        offset = 0
-        for part in chunks:  # Y reuses the grid's storage (no fresh pages to fault in)
-            Bc = part.stop - part.start
-            body = flat.narrow(0, offset, Bc * G2 * G1)
-            offset += Bc * G2 * G1
-            Y = body.view(G2, G1, Bc).permute(2, 0, 1) if batch_inner else body.view(Bc, G2, G1)
-            _fill_wrapped_borders(Y, math.inf, math.inf)
-            Ys.append(Y)
+        body = flat.narrow(0, 0, B * G2 * G1)  # Y reuses the grid's storage (no fresh pages to fault in)
+        Y = body.view(G2, G1, B).permute(2, 0, 1) if batch_inner else body.view(B, G2, G1)
+        _fill_wrapped_borders(Y, math.inf, math.inf)
 
-        # offsets[b, k]: what was subtracted from S on anti-diagonal k (float64)
-        offsets = torch.zeros(B, N + M + 3, dtype=torch.float64, device=device)
-        banded = bandwidth is not None
         if triton:
             from dwakd.align import _sdtw_triton
 
-            _sdtw_triton.forward(Xs[0], Ys[0], n_len, m_len, offsets)
+            # offsets[b, k]: what was subtracted from S on anti-diagonal k (float64)
+            offsets = torch.zeros(B, N + M + 3, dtype=torch.float64, device=device)
+            _sdtw_triton.forward(X, Y, n_len, m_len, offsets)
         else:
-            chunk_offsets = [offsets.new_zeros(N + M + 3, p.stop - p.start) for p in chunks]
-            _run_chunks(lambda t: _forward_torch(Xs[t], Ys[t], N, M, chunk_offsets[t], banded), len(chunks))
-            offsets = torch.cat([o.t() for o in chunk_offsets]).contiguous()
+            offsets = torch.zeros(N + M + 3, B, dtype=torch.float64, device=device)
+            _forward_torch(X, Y, N, M, offsets, ctx.banded)
+            offsets = offsets.t()
 
         k_end = n_len + m_len
-        s_end = torch.cat(
-            [X[torch.arange(X.shape[0], device=device), k % G2, n] for X, n, k in zip(Xs, (n_len[p] for p in chunks), (k_end[p] for p in chunks))]
-        )
+        s_end = X[torch.arange(B, device=device), k_end % G2, n_len]
         s_end = s_end.double() + offsets.gather(1, k_end.view(B, 1)).squeeze(1)
         empty = (n_len == 0) | (m_len == 0)
         values = torch.where(empty, torch.zeros((), dtype=acc, device=device), (-gamma * s_end).to(acc))
-        ctx.chunks = chunks
-        ctx.save_for_backward(n_len, m_len, offsets, *Xs, *Ys)
+        ctx.save_for_backward(n_len, m_len, offsets, X, Y)
         return values
 
     @staticmethod
@@ -727,35 +727,26 @@ class _SoftDTWFunction(torch.autograd.Function):
         if ctx.empty_problem:
             g = torch.zeros(B, N0, M0, dtype=ctx.cost_dtype, device=grad_values.device)
             return g, None, None, None, None, None, None
-        n_len, m_len, offsets, *bufs = ctx.saved_tensors
-        chunks = ctx.chunks
-        Xs, Ys = bufs[: len(chunks)], bufs[len(chunks) :]
-        _, G2, G1 = Xs[0].shape
+        n_len, m_len, offsets, X, Y = ctx.saved_tensors
+        _, G2, G1 = X.shape
         N, M = G1 - 2, G2 - 2
         device = n_len.device
-        acc = Xs[0].dtype
+        acc = X.dtype
         empty = (n_len == 0) | (m_len == 0)
         go = torch.where(empty, torch.zeros((), dtype=acc, device=device), grad_values.to(acc))
-        banded = ctx.bandwidth is not None
 
         if ctx.triton:
             from dwakd.align import _sdtw_triton
 
             grad = torch.zeros(B, N, M, dtype=acc, device=device)  # the kernel writes each element's region
-            _sdtw_triton.backward(Xs[0], Ys[0], grad, n_len, m_len, go, offsets, banded)
+            _sdtw_triton.backward(X, Y, grad, n_len, m_len, go, offsets, ctx.banded)
         else:
-            # [N, M, B] storage (each diagonal's cells are then rows of B contiguous values), returned
-            # as a permuted [B, N, M] view. Every interior cell is written exactly once.
-            store = torch.empty(N * M, B, dtype=acc, device=device)
-            n_list, m_list = n_len.tolist(), m_len.tolist()
-
-            def run(t: int) -> None:
-                p = chunks[t]
-                off = offsets[p].t()
-                _backward_torch(Xs[t], Ys[t], store[:, p], N, M, n_list[p], m_list[p], go[p], off, banded)
-
-            _run_chunks(run, len(chunks))
-            grad = store.view(N, M, B).permute(2, 0, 1)
+            # Written in place through a [N * M, B] view of the [B, N, M] gradient: scattered writes,
+            # but cheaper than a batch-inner buffer plus a transposing copy, and a permuted
+            # (batch-inner) gradient would send the cost's bmm backward down a slow non-BLAS path.
+            grad = torch.empty(B, N, M, dtype=acc, device=device)
+            store = grad.view(B, N * M).t()
+            _backward_torch(X, Y, store, N, M, n_len.tolist(), m_len.tolist(), go, offsets.t(), ctx.banded)
         if ctx.transposed:
             grad = grad.transpose(1, 2)
         x_order, y_order = ctx.orders
