@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "dolly-train-688.jsonl"
@@ -95,8 +96,7 @@ def main(argv=None) -> int:
         method.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     speedup = (med["live"] + med["rest"]) / (med["cache"] + med["rest"])
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     load = os.getloadavg()
     text = f"""# Teacher cache (embedded default pair)
 
