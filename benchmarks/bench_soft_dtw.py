@@ -51,6 +51,7 @@ RESULTS = HERE / "results" / "bench_soft_dtw.md"
 RESULTS_GPU = HERE / "results" / "bench_soft_dtw_gpu.md"
 METHODS = ["dwakd", "dwakd-f64", "pysdtw", "tslearn", "autograd-diag"]
 PEERS = ["pysdtw", "tslearn", "autograd-diag"]
+INTERLEAVED = ["dwakd", "pysdtw", "tslearn"]
 SIZES = [128, 256, 512, 1024, 2048]
 B, D, GAMMA = 8, 256, 1.0
 
@@ -175,6 +176,43 @@ def child(name: str, mode: str, n: int, repeats: int) -> dict:
     }
 
 
+def child_interleaved(n: int, repeats: int) -> dict:
+    """Runs in a subprocess: dwakd, pysdtw and tslearn called in turn, round after round, in both
+    modes (the same load drift hits all three); best time of each."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from dwakd.align import pairwise_cost
+
+    names = [m for m in INTERLEAVED]
+    fns = {m: make_method(m) for m in names}
+    gen = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(B, 16, D, generator=gen), torch.randn(B, 16, D, generator=gen)
+    xs.requires_grad_(True)
+    for f in fns.values():
+        f(pairwise_cost, xs, ys).sum().backward()
+    x = torch.randn(B, n, D, generator=gen).requires_grad_(True)
+    y = torch.randn(B, n, D, generator=gen)
+    leaf = pairwise_cost(x, y).detach().requires_grad_(True)
+
+    def dp_cost(a, b):
+        return leaf.clone()
+
+    out = {}
+    for mode, (lf, cost_fn) in {"pipeline": (x, pairwise_cost), "dp": (leaf, dp_cost)}.items():
+        best = {m: math.inf for m in names}
+        for _ in range(repeats):
+            for m, f in fns.items():
+                lf.grad = None
+                t0 = time.perf_counter()
+                f(cost_fn, x, y).sum().backward()
+                best[m] = min(best[m], time.perf_counter() - t0)
+        out[mode] = best
+    return out
+
+
 def run_one(name: str, mode: str, n: int, repeats: int, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--child", name, mode, str(n), str(repeats)]
     try:
@@ -267,7 +305,29 @@ def _tables(results: dict, mode: str, sizes: list[int], methods: list[str]) -> l
     return lines
 
 
-def write_report(results: dict, sizes: list[int], plan: dict, args) -> str:
+def _interleaved_table(inter: dict, sizes: list[int]) -> list[str]:
+    lines = [
+        "### Interleaved: dwakd, pysdtw and tslearn called in turn in one process (ms, best of the rounds)",
+        "",
+        "The shared machine's load drifts between the separate processes above; here every round runs "
+        "the three methods back to back, so the ratios are the steadier ones.",
+        "",
+        "| N = M | mode | dwakd | pysdtw | tslearn | fastest peer / dwakd |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        r = inter.get(n)
+        if not r:
+            lines.append(f"| {n} | - | failed | | | |")
+            continue
+        for mode, best in r.items():
+            ratio = min(best["pysdtw"], best["tslearn"]) / best["dwakd"]
+            cells = " | ".join(f"{best[m] * 1000:.1f}" for m in INTERLEAVED)
+            lines.append(f"| {n} | {mode} | {cells} | {ratio:.2f} |")
+    return lines
+
+
+def write_report(results: dict, sizes: list[int], plan: dict, args, inter: dict | None = None) -> str:
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "## Soft-DTW operator (`benchmarks/bench_soft_dtw.py`)",
@@ -284,6 +344,8 @@ def write_report(results: dict, sizes: list[int], plan: dict, args) -> str:
         "(plain autograd through a loop over anti-diagonals).",
         "",
     ]
+    if inter:
+        lines += _interleaved_table(inter, sizes) + [""]
     for mode, methods in plan.items():
         lines += _tables(results, mode, sizes, methods) + [""]
     lines += [NOTES]
@@ -408,6 +470,9 @@ def gpu_check(sizes: list[int]) -> int:
 
 
 def main() -> int:
+    if len(sys.argv) >= 2 and sys.argv[1] == "--child-interleaved":
+        print(json.dumps(child_interleaved(int(sys.argv[2]), int(sys.argv[3]))))
+        return 0
     if len(sys.argv) >= 2 and sys.argv[1] == "--child":
         name, mode, n, repeats = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(child(name, mode, n, repeats)))
@@ -420,6 +485,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per (mode, method, size)")
     ap.add_argument("--gpu-check", action="store_true", help="CUDA: check and time the Triton kernel")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--no-interleaved", action="store_true", help="skip the interleaved timing section")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([128, 256, 512] if args.quick else SIZES)
     if args.gpu_check:
@@ -436,7 +502,18 @@ def main() -> int:
                 r = run_one(m, mode, n, repeats, args.timeout)
                 results[(mode, m, n)] = r
                 print(f"N={n:5d} {mode:8s} {m:14s} time {fmt_time(r):>10s} ms  mem {fmt_mem(r):>6s} MB", flush=True)
-    text = write_report(results, sizes, plan, args)
+    inter = {}
+    if not args.no_interleaved and all(m in methods for m in INTERLEAVED):
+        for n in sizes:
+            reps = 3 if args.quick else (11 if n <= 512 else 3 if n <= 1024 else 2)
+            cmd = [sys.executable, __file__, "--child-interleaved", str(n), str(reps)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=6 * args.timeout)
+                inter[n] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+            except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
+                inter[n] = None
+            print(f"N={n:5d} interleaved {inter[n]}", flush=True)
+    text = write_report(results, sizes, plan, args, inter)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(text, encoding="utf-8")
