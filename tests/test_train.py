@@ -376,8 +376,9 @@ def test_failure_while_checkpointing_leaves_only_complete_checkpoints(tmp_path, 
     from dwakd.train.checkpoint import resolve_resume
 
     assert resolve_resume(run, "auto").name == "checkpoint-2"
-    with pytest.raises(ConfigError, match="not a complete checkpoint"):
-        resolve_resume(run, str(run / "checkpoints" / ".tmp-checkpoint-4"))  # the half-written one
+    assert not (run / "checkpoints" / ".tmp-checkpoint-4").exists()  # the half-written one was removed
+    with pytest.raises(ConfigError, match="no such checkpoint directory"):
+        resolve_resume(run, str(run / "checkpoints" / ".tmp-checkpoint-4"))
 
 
 # ----------------------------------------------------------------------------- real methods

@@ -62,11 +62,14 @@ def test_resume_refuses_a_different_data_order(tmp_path, tiny_teacher_dir, tiny_
     args = (tiny_teacher_dir, tiny_student_dir, tiny_dolly_path)
     train(_cfg(tmp_path, "r", *args, stop_at_step=2))
     status = json.loads((tmp_path / "r" / "run" / "status.json").read_text())
-    with pytest.raises(ConfigError, match="global batch of 4 examples.*this run has 8"):
+    # the config-change rule refuses first, naming the key; applying it is refused where the order would change
+    with pytest.raises(ConfigError, match=r"train.batch_size: 2 -> 4.*--allow-config-change"):
         train(_cfg(tmp_path, "r", *args, batch_size=4), resume="auto")
+    with pytest.raises(ConfigError, match="global batch of 4 examples.*this run has 8"):
+        train(_cfg(tmp_path, "r", *args, batch_size=4), resume="auto", allow_config_change=True)
     with pytest.raises(ConfigError, match="schedule of 6 steps; this config gives 8"):
         d = base_config(tmp_path / "r", *args, max_steps=8)
-        train(config_from_dict(d), resume="auto")
+        train(config_from_dict(d), resume="auto", allow_config_change=True)
     # the refused attempts left the run as it was
     assert json.loads((tmp_path / "r" / "run" / "status.json").read_text()) == status
 

@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
                    help="print the resolved config, parameter counts, a memory estimate and the first batch; write nothing")
     p.add_argument("--resume", metavar="auto|PATH", default=None,
                    help="continue from the newest complete checkpoint of output_dir (auto) or from a checkpoint directory")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: apply config values that differ from the checkpoint's (lr, data, method "
+                        "options, ...) instead of refusing; the change is logged and config.yaml updated")
     p.add_argument("--print-config-reference", action="store_true", help="print every config key with its meaning and exit")
 
 
@@ -45,6 +48,8 @@ def _split_remainder(args) -> None:
             args.dry_run = True
         elif item == "--print-config-reference":
             args.print_config_reference = True
+        elif item == "--allow-config-change":
+            args.allow_config_change = True
         elif item == "--resume":
             if not items:
                 raise ConfigError("--resume needs a value: auto or a checkpoint directory")
@@ -52,7 +57,7 @@ def _split_remainder(args) -> None:
         elif item.startswith("--resume="):
             args.resume = item.split("=", 1)[1]
         elif item.startswith("-"):
-            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH)")
+            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH, --allow-config-change)")
         else:
             rest.append(item)
     args.overrides = rest
@@ -75,9 +80,20 @@ def run(args) -> int:
 
         dry_run(cfg)
         return 0
+    if args.allow_config_change and not args.resume:
+        from dwakd.errors import ConfigError
+
+        raise ConfigError("--allow-config-change applies to a resumed run; add --resume auto (or a checkpoint path)")
+    import sys
+
+    from dwakd.errors import TrainingInterrupted
     from dwakd.train import train
 
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+    except TrainingInterrupted as e:
+        print(f"dwakd train: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     if result.final_dir is not None:
         print(f"done: {result.state.global_step} steps; student saved to {result.final_dir}")
     else:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dwakd.config.schema import DwakdConfig, MethodConfig
+from dwakd.config.schema import SECTIONS, DwakdConfig, MethodConfig
 from dwakd.config.typed import Problems, build_dataclass, dataclass_to_dict
 from dwakd.config.validate import validate_config
 from dwakd.config.yamlio import apply_overrides, read_yaml
@@ -55,6 +55,39 @@ def _split_method(data: dict[str, Any], marks: dict[str, str], problems: Problem
     return data
 
 
+def _yaml_words(data: dict[str, Any]) -> None:
+    """YAML 1.1 reads an unquoted ``off`` / ``on`` (also ``no`` / ``yes``) as a boolean: give it back as the
+    word where a field's documented choices are words (``model.teacher_cache: off``)."""
+    import typing
+
+    for section, cls in SECTIONS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        hints = typing.get_type_hints(cls)
+        for key, value in list(values.items()):
+            if not isinstance(value, bool) or key not in hints:
+                continue
+            choices = _literal_words(hints[key])
+            word = {False: "off", True: "on"}[value]
+            if word in choices and not _accepts_bool(hints[key]):
+                values[key] = word
+
+
+def _literal_words(tp) -> set:
+    import typing
+
+    if typing.get_origin(tp) is typing.Literal:
+        return {a for a in typing.get_args(tp) if isinstance(a, str)}
+    return {w for arg in typing.get_args(tp) for w in _literal_words(arg)}
+
+
+def _accepts_bool(tp) -> bool:
+    import typing
+
+    return tp is bool or any(_accepts_bool(a) for a in typing.get_args(tp) if typing.get_origin(tp) is not typing.Literal)
+
+
 def config_from_dict(
     data: dict[str, Any],
     *,
@@ -68,6 +101,7 @@ def config_from_dict(
 
     marks = dict(marks or {})
     data = apply_overrides(copy.deepcopy(data or {}), list(overrides), marks)
+    _yaml_words(data)
     problems = Problems(marks, origin)
     data = _split_method(data, marks, problems)
     cfg = build_dataclass(DwakdConfig, data, "", problems)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 
 from dwakd.config.schema import DwakdConfig
@@ -21,6 +23,27 @@ def _positive(problems: Problems, key: str, value, *, zero_ok: bool = False) -> 
         problems.add(key, f"'{key}' must be {'>= 0' if zero_ok else '> 0'}, got {value}")
 
 
+def _where_pair(problems: Problems, key: str, other: str) -> str:
+    """Of two keys in one rule, the one to blame: the one a command-line override set, if only one was."""
+    from_override = [k for k in (key, other) if problems.where(k).startswith("override")]
+    return from_override[0] if len(from_override) == 1 else key
+
+
+def _finite(problems: Problems, obj, prefix: str) -> None:
+    """Every number of the config must be finite (``.nan`` / ``.inf`` can only fail a run)."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _finite(problems, getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(problems, v, f"{prefix}.{k}")
+        return
+    if isinstance(obj, float) and not math.isfinite(obj):
+        key = prefix.replace(".options.", ".")
+        problems.add(key, f"'{key}' must be a finite number, got {obj}")
+
+
 def _check_model(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None:
     m = cfg.model
     if m.student is None and m.build is None:
@@ -35,9 +58,9 @@ def _check_model(cfg: DwakdConfig, problems: Problems, check_files: bool) -> Non
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions", "vocab_size"):
             _positive(problems, f"model.build.{name}", getattr(b, name))
         if b.num_heads and b.hidden_size and b.hidden_size % b.num_heads:
-            problems.add("model.build.num_heads", f"model.build.hidden_size {b.hidden_size} is not divisible by num_heads {b.num_heads}")
+            problems.add(_where_pair(problems, "model.build.num_heads", "model.build.hidden_size"), f"model.build.hidden_size {b.hidden_size} is not divisible by num_heads {b.num_heads}")
         if b.max_positions < cfg.data.max_length:
-            problems.add("model.build.max_positions",
+            problems.add(_where_pair(problems, "model.build.max_positions", "data.max_length"),
                          f"model.build.max_positions ({b.max_positions}) is smaller than data.max_length ({cfg.data.max_length})")
         if b.vocab_size < 300:
             problems.add("model.build.vocab_size", f"model.build.vocab_size {b.vocab_size} is too small (>= 300: 256 bytes + specials)")
@@ -63,7 +86,7 @@ def _check_data(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None
     _positive(problems, "data.max_length", d.max_length)
     _positive(problems, "data.max_prompt_length", d.max_prompt_length)
     if d.max_length and d.max_prompt_length and d.max_prompt_length >= d.max_length:
-        problems.add("data.max_prompt_length", f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
+        problems.add(_where_pair(problems, "data.max_prompt_length", "data.max_length"), f"data.max_prompt_length ({d.max_prompt_length}) must be smaller than "
                                                f"data.max_length ({d.max_length}) to leave room for the response")
     _positive(problems, "data.max_train_records", d.max_train_records)
     _positive(problems, "data.max_dev_records", d.max_dev_records)
@@ -71,7 +94,8 @@ def _check_data(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None
 
 def _check_train(cfg: DwakdConfig, problems: Problems) -> None:
     t = cfg.train
-    for name in ("lr", "projector_lr", "epochs", "batch_size", "grad_accum", "max_bad_steps", "log_every", "keep_last_n"):
+    for name in ("lr", "projector_lr", "adam_eps", "epochs", "batch_size", "grad_accum", "max_bad_steps", "log_every",
+                 "keep_last_n"):
         _positive(problems, f"train.{name}", getattr(t, name))
     for name in ("max_steps", "stop_at_step", "eval_batch_size"):
         _positive(problems, f"train.{name}", getattr(t, name))
@@ -85,9 +109,9 @@ def _check_train(cfg: DwakdConfig, problems: Problems) -> None:
         if not 0.0 <= getattr(t, name) < 1.0:
             problems.add(f"train.{name}", f"train.{name} must be in [0, 1), got {getattr(t, name)}")
     if t.stop_at_step is not None and t.max_steps is not None and t.stop_at_step > t.max_steps:
-        problems.add("train.stop_at_step", f"train.stop_at_step ({t.stop_at_step}) is beyond train.max_steps ({t.max_steps})")
+        problems.add(_where_pair(problems, "train.stop_at_step", "train.max_steps"), f"train.stop_at_step ({t.stop_at_step}) is beyond train.max_steps ({t.max_steps})")
     if t.final_model == "best" and t.keep_best_n < 1:
-        problems.add("train.final_model", "train.final_model 'best' needs train.keep_best_n >= 1")
+        problems.add(_where_pair(problems, "train.final_model", "train.keep_best_n"), "train.final_model 'best' needs train.keep_best_n >= 1")
     packages = {"tensorboard": "tensorboard", "wandb": "wandb"}
     for tracker in t.trackers or []:
         pkg = packages.get(tracker)
@@ -97,6 +121,7 @@ def _check_train(cfg: DwakdConfig, problems: Problems) -> None:
 
 def validate_config(cfg: DwakdConfig, problems: Problems, *, check_files: bool = True) -> None:
     """Record every model-independent problem of ``cfg`` in ``problems``."""
+    _finite(problems, cfg, "")
     _check_model(cfg, problems, check_files)
     _check_data(cfg, problems, check_files)
     _check_train(cfg, problems)

@@ -35,8 +35,13 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     path = Path(path)
     origin = str(path)
     if not path.is_file():
-        raise ConfigError(f"config file {origin} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"config file {origin} does not exist" if not path.exists() else
+                          f"config file {origin} is not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {origin} cannot be read: {e.strerror or e}") from None
+    text = decode_utf8(raw, origin)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -53,6 +58,18 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     marks: dict[str, str] = {}
     _walk(node, "", origin, marks)
     return data, marks
+
+
+def decode_utf8(raw: bytes, origin: str) -> str:
+    """UTF-8 text of a config (a BOM is allowed); anything else is a ConfigError naming line and column."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:start].count(b"\n") + 1
+        column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+        raise ConfigError(f"{origin}:{line}:{column}: the config is not valid UTF-8 (byte 0x{raw[start]:02x}); "
+                          f"save it as UTF-8") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -11,6 +11,19 @@ from dwakd.methods import validate_method_options
 from dwakd.methods.registry import method_class
 
 
+def _option_where(cfg: DwakdConfig, message: str) -> str:
+    """Where the option an error is about was written: the option the message names, else the only option
+    set by a command-line override, else the ``method`` section."""
+    keys = list(cfg.method.options)
+    named = [k for k in keys if f"method.{k}" in message or f"'{k}'" in message]
+    if len(named) == 1:
+        return where(cfg, f"method.{named[0]}")
+    overridden = [k for k in keys if where(cfg, f"method.{k}").startswith("override")]
+    if len(overridden) == 1:
+        return where(cfg, f"method.{overridden[0]}")
+    return where(cfg, "method")
+
+
 def check_method(cfg: DwakdConfig):
     """Validate ``method.name`` and every option against the method's ``Options``; return the method class.
 
@@ -39,9 +52,9 @@ def check_method(cfg: DwakdConfig):
     try:
         validate_method_options(name, cfg.method.options, where="method")
     except ConfigError as e:
-        raise ConfigError(f"{where(cfg, 'method')}: {e}") from None
+        raise ConfigError(f"{_option_where(cfg, str(e))}: {e}") from None
     except TypeError as e:  # a wrong-typed option reaching the dataclass
-        raise ConfigError(f"{where(cfg, 'method')}: bad option for method '{name}': {e}") from None
+        raise ConfigError(f"{_option_where(cfg, str(e))}: bad option for method '{name}': {e}") from None
     if cls.needs_teacher and not cfg.model.teacher:
         raise ConfigError(f"{where(cfg, 'model.teacher')}: method '{name}' needs a teacher; set model.teacher")
     return cls

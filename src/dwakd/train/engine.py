@@ -62,6 +62,41 @@ def check_backend(accelerator) -> None:
         raise ConfigError("Megatron-LM is not supported by the dwakd trainer; use DDP or FSDP")
 
 
+def check_launch(accelerator, environ=None) -> None:
+    """Refuse a launch whose processes are not the processes Accelerate sees.
+
+    A launcher (``torchrun``, ``accelerate launch``) tells each process the world it belongs to in
+    ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``. When Accelerate did not join that world (e.g.
+    ``accelerate launch --multi_gpu --num_processes 2`` on a machine without GPUs), every process
+    would run alone and N independent runs would write one directory.
+    """
+    import os
+
+    from dwakd.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    seen = {"WORLD_SIZE": accelerator.num_processes, "RANK": accelerator.process_index,
+            "LOCAL_RANK": accelerator.local_process_index}
+    wrong = []
+    for name, value in seen.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            launched = int(raw)
+        except ValueError:
+            wrong.append(f"{name}={raw!r} is not an integer")
+            continue
+        if launched != value:
+            wrong.append(f"{name}={launched} but Accelerate sees {value}")
+    if wrong:
+        raise ConfigError(
+            f"the launcher started processes that Accelerate does not see as one run ({'; '.join(wrong)}): each "
+            f"process would train alone and write the same output_dir. On a machine without GPUs run "
+            f"'accelerate launch --multi_gpu' with CUDA_VISIBLE_DEVICES=\"\" ACCELERATE_USE_CPU=true (gloo), or "
+            f"start one process; on GPUs check that --num_processes matches the visible devices")
+
+
 @dataclass
 class Engine:
     """Everything the loop drives. ``model`` is the prepared (possibly wrapped) DistillModule."""

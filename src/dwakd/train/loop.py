@@ -8,10 +8,19 @@ micro-batch's ``total * W / N``: DDP averages gradients over the W processes, so
 gradient is exactly ``d/dθ sum_m total(m) / N`` however the step's examples are split into
 micro-batches and processes.
 
-Non-finite values: when any loss term (on any process) or the gradient norm is not finite, the
-step's gradients are dropped and the optimizer does not step; the data position and the learning
-rate schedule still advance (so a skipped step never repeats its batch). ``train.max_bad_steps``
-consecutive skips stop the run with :class:`NonFiniteLossError`.
+Non-finite values: when any loss term, the student's or the teacher's logits or hidden states
+(on any process; methods treat non-finite rows like padding, so a NaN model would otherwise give
+a finite, zero loss) or the gradient norm is not finite, the step's gradients are dropped and the
+optimizer does not step; the data position and the learning rate schedule still advance (so a
+skipped step never repeats its batch). ``train.max_bad_steps`` consecutive skips stop the run with
+:class:`NonFiniteLossError`. Trained weights that became non-finite (e.g. an absurd learning rate)
+stop the run at once, and weights are checked finite before every checkpoint and before
+``final/``: a run never completes, or saves a "good" checkpoint, with NaN weights.
+
+Signals: SIGINT and SIGTERM (how schedulers preempt jobs) set a flag; at the next step boundary
+(agreed by all processes) the trainer writes a checkpoint and raises
+:class:`~dwakd.errors.TrainingInterrupted` (status ``interrupted``). A second SIGINT interrupts at
+once (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,18 +36,20 @@ from pathlib import Path
 
 import torch
 
-from dwakd.config import DwakdConfig, config_to_dict
-from dwakd.errors import ConfigError, DwakdError
-from dwakd.models.home import atomic_directory
+from dwakd.config import DwakdConfig, config_to_dict, dump_config
+from dwakd.errors import DwakdError, TrainingInterrupted
+from dwakd.fsio import atomic_directory
 from dwakd.train.checkpoint import (
-    STATE_FILE,
     CheckpointManager,
     TrainerState,
+    nonfinite_parameters,
     student_state_dict,
 )
 from dwakd.train.engine import Engine
+from dwakd.train.guards import StopFlag, storage_errors
 from dwakd.train.metrics import MetricsWriter, peak_memory_mb
 from dwakd.train.optim import current_lrs
+from dwakd.train.resume_rule import check_resume  # noqa: F401  (re-exported: dwakd.train.loop.check_resume)
 from dwakd.train.rundir import model_card
 from dwakd.train.sampler import StepPlan, eval_plan
 from dwakd.train.student import is_lora
@@ -46,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(DwakdError):
-    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+    """Too many consecutive optimizer steps had a non-finite loss or gradient, or the weights became non-finite."""
 
 
 @dataclass
@@ -64,20 +76,6 @@ def total_steps_for(cfg: DwakdConfig, plan: StepPlan) -> int:
     if cfg.train.max_steps:
         return cfg.train.max_steps
     return cfg.train.epochs * plan.steps_per_epoch
-
-
-def check_resume(path: Path, plan: StepPlan, total_steps: int) -> TrainerState:
-    """Refuse a checkpoint whose data order or schedule this run would not continue exactly."""
-    st = TrainerState.from_file(Path(path) / STATE_FILE)
-    if st.global_batch != plan.global_batch:
-        raise ConfigError(
-            f"checkpoint {path} was written with a global batch of {st.global_batch} examples "
-            f"(batch_size x grad_accum x processes); this run has {plan.global_batch}. Resume with the same "
-            f"train.batch_size x train.grad_accum x number of processes so the data order continues exactly")
-    if st.total_steps != total_steps:
-        raise ConfigError(f"checkpoint {path} belongs to a schedule of {st.total_steps} steps; this config gives "
-                          f"{total_steps} (train.epochs / train.max_steps changed)")
-    return st
 
 
 def flat_config(cfg: DwakdConfig) -> dict:
@@ -117,6 +115,8 @@ class Trainer:
         self._checked_n_tokens = False
         self._interval: dict = defaultdict(float)
         self.last_checkpoint: Path | None = None
+        self._stop = StopFlag()
+        self._stop_agreed = False
 
     # ------------------------------------------------------------------ resume
     def resume(self, path: Path) -> None:
@@ -152,6 +152,7 @@ class Trainer:
         sums: torch.Tensor | None = None  # [total, *terms] token sums, on the device (one sync per step)
         acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
         stats: dict[str, list[float]] = defaultdict(list)
+        nonfinite_in: torch.Tensor | None = None  # NaN/+inf in the models' logits or hidden states
         for i, batch in enumerate(batches):
             batch = batch.to(acc.device)
             sync = i == len(batches) - 1
@@ -163,6 +164,9 @@ class Trainer:
                     names = list(terms.terms)
                     sums = torch.zeros(len(names) + 1, dtype=acc_dtype, device=acc.device)
                 sums += torch.stack([total.detach().to(acc_dtype)] + [terms.terms[n].detach().to(acc_dtype) for n in names])
+                flag = getattr(self.engine.module, "nonfinite_inputs", None)
+                if flag is not None:
+                    nonfinite_in = flag.to(acc.device) if nonfinite_in is None else nonfinite_in | flag.to(acc.device)
                 for k, v in terms.stats.items():
                     stats[k].append(float(v))
                 self._check_n_tokens(terms, batch)
@@ -171,11 +175,15 @@ class Trainer:
         bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
         if not math.isfinite(local[0]):
             bad_terms.add("total")
-        reduced = self._reduce(local + [float(bool(bad_terms))])
+        if nonfinite_in is not None and bool(nonfinite_in):
+            bad_terms.add("logits")
+        stop_flag = float(self._stop.signum or 0)
+        reduced = self._reduce(local + [float(bool(bad_terms)), stop_flag])
+        self._stop_agreed = reduced[-1].item() > 0
         # all parameters (frozen ones have no gradient): accelerate's FSDP path needs the model's full list
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        bad = reduced[-1].item() > 0 or not math.isfinite(grad_norm)
+        bad = reduced[-2].item() > 0 or not math.isfinite(grad_norm)
         out = {"n_tokens": n_tok, "n_input": n_input, "n_examples": n_examples, "grad_norm": grad_norm,
                "loss": reduced[0].item() / n_tok}
         out.update({f"term/{n}": reduced[1 + k].item() / n_tok for k, n in enumerate(names)})
@@ -220,8 +228,10 @@ class Trainer:
                 if names is None:
                     names = list(terms.terms)
                     sums = torch.zeros(len(names) + 2, dtype=torch.float64)
+                flag = getattr(self.engine.module, "nonfinite_inputs", None)
                 if counts:
-                    vals = [float(batch.student.target_mask.sum()), float(terms.total())]
+                    poison = float("nan") if flag is not None and bool(flag) else 0.0  # NaN logits: no "0.0" dev loss
+                    vals = [float(batch.student.target_mask.sum()), float(terms.total()) + poison]
                     vals += [float(terms.terms[n]) for n in names]
                     sums += torch.tensor(vals, dtype=torch.float64)
         finally:
@@ -275,37 +285,68 @@ class Trainer:
 
         bar = tqdm(total=stop, initial=st.global_step, disable=not self.acc.is_main_process, desc="train", dynamic_ncols=True)
         try:
-            while st.global_step < stop:
-                step = st.global_step
-                out = self.train_step(step)
-                st.global_step = step + 1
-                st.epoch, st.step_in_epoch = self.plan.locate(st.global_step)
-                st.examples_seen += int(out["n_examples"])
-                st.tokens_seen += int(out["n_tokens"])
-                if "bad" in out:
-                    st.consecutive_bad_steps += 1
-                    st.bad_steps_total += 1
-                    msg = (f"step {st.global_step}: non-finite {', '.join(out['bad'])}; step skipped "
-                           f"({st.consecutive_bad_steps} in a row, limit train.max_bad_steps={t.max_bad_steps})")
-                    log.warning(msg)
-                    self.metrics.log(st.global_step, "event", {"event": "bad_step", "terms": out["bad"]})
-                    if st.consecutive_bad_steps >= t.max_bad_steps:
-                        raise NonFiniteLossError(
-                            f"{msg}. Stopping: the loss or its gradient was not finite for {st.consecutive_bad_steps} "
-                            f"consecutive steps. Lower train.lr / train.projector_lr, check the data, or try "
-                            f"train.bf16=false; the last good checkpoint is {self.ckpt.latest() or 'none'}")
-                else:
-                    st.consecutive_bad_steps = 0
-                    st.last_train_loss = out["loss"]
-                self._log_train(st.global_step, out, force=st.global_step == stop)
-                bar.update(1)
-                if "bad" not in out:
-                    bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
-                self._after_step(st.global_step, stop, spe)
+            with self._stop:
+                self._loop(stop, spe, bar)
         finally:
             bar.close()
         final = self._finish(stop)
         return TrainResult(self.run_dir, final, self.state, self.last_checkpoint, self._summary())
+
+    def _loop(self, stop: int, spe: int, bar) -> None:
+        t, st = self.cfg.train, self.state
+        while st.global_step < stop:
+            step = st.global_step
+            out = self.train_step(step)
+            st.global_step = step + 1
+            st.epoch, st.step_in_epoch = self.plan.locate(st.global_step)
+            st.examples_seen += int(out["n_examples"])
+            st.tokens_seen += int(out["n_tokens"])
+            if "bad" in out:
+                st.consecutive_bad_steps += 1
+                st.bad_steps_total += 1
+                msg = (f"step {st.global_step}: non-finite {', '.join(out['bad'])}; step skipped "
+                       f"({st.consecutive_bad_steps} in a row, limit train.max_bad_steps={t.max_bad_steps})")
+                log.warning(msg)
+                self.metrics.log(st.global_step, "event", {"event": "bad_step", "terms": out["bad"]})
+                self._check_weights(f"after step {st.global_step}")
+                if st.consecutive_bad_steps >= t.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{msg}. Stopping: the loss or its gradient was not finite for {st.consecutive_bad_steps} "
+                        f"consecutive steps. Lower train.lr / train.projector_lr, check the data, or try "
+                        f"train.bf16=false; the last good checkpoint is {self.ckpt.latest() or 'none'}")
+            else:
+                st.consecutive_bad_steps = 0
+                st.last_train_loss = out["loss"]
+            self._log_train(st.global_step, out, force=st.global_step == stop)
+            bar.update(1)
+            if "bad" not in out:
+                bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+            self._after_step(st.global_step, stop, spe)
+            if self._stop_agreed:
+                self._interrupt(st.global_step)
+
+    def _interrupt(self, gs: int) -> None:
+        """SIGINT/SIGTERM: a checkpoint at this step boundary (unless one was just written), then stop."""
+        signum = self._stop.signum or signal.SIGTERM
+        if self.last_checkpoint is None or self.last_checkpoint.name != f"checkpoint-{gs}":
+            self._save()
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(f"{name} received: stopped after step {gs} with checkpoint {self.last_checkpoint}; "
+                                  f"continue with --resume auto", signum=signum, checkpoint=self.last_checkpoint)
+
+    def _check_weights(self, when: str) -> None:
+        """Stop when a trained weight is NaN/inf (agreed over processes: FSDP shards differ)."""
+        bad = nonfinite_parameters(self.model)
+        if self._reduce([float(bool(bad))])[0].item() > 0:
+            raise NonFiniteLossError(
+                f"the trained weights are not finite {when} ({', '.join(bad) or 'on another process'}): every further "
+                f"step would be skipped and nothing written would be usable. Lower train.lr / train.projector_lr "
+                f"(or check train.max_grad_norm); the last good checkpoint is {self.ckpt.latest() or 'none'}")
+
+    def _save(self) -> None:
+        self._check_weights(f"at step {self.state.global_step} (checkpoint not written)")
+        self.last_checkpoint = self.ckpt.save(self.state, self.model, self.engine.student, self.data.student_tokenizer,
+                                              config_text=dump_config(self.cfg))
 
     def _after_step(self, gs: int, stop: int, spe: int) -> None:
         t, st = self.cfg.train, self.state
@@ -318,12 +359,16 @@ class Trainer:
             ev = self.evaluate()
             st.dev_loss = ev["dev/loss"]
             self.metrics.log(gs, "eval", ev)
-            if self._would_be_best(st.dev_loss):
-                do_save = True
-            st.best = sorted(st.best + [{"step": gs, "dev_loss": st.dev_loss}], key=lambda b: b["dev_loss"])
-            st.best = st.best[: max(1, t.keep_best_n)]
+            if math.isfinite(st.dev_loss):
+                if self._would_be_best(st.dev_loss):
+                    do_save = True
+                st.best = sorted(st.best + [{"step": gs, "dev_loss": st.dev_loss}], key=lambda b: b["dev_loss"])
+                st.best = st.best[: max(1, t.keep_best_n)]
+            else:
+                log.warning("step %d: the dev loss is not finite", gs)
+                st.dev_loss = None
         if do_save:
-            self.last_checkpoint = self.ckpt.save(st, self.model, self.engine.student, self.data.student_tokenizer)
+            self._save()
 
     def _summary(self) -> dict:
         st = self.state
@@ -360,11 +405,12 @@ class Trainer:
         best_ckpt = self.ckpt.best() if self.data.dev else None
         if t.final_model == "best" and best_ckpt is not None and best_ckpt != self.last_checkpoint:
             self.ckpt.load(best_ckpt)
+        self._check_weights("at the end of training (final/ not written)")
         state_dict = student_state_dict(acc, self.model)
         final = self.run_dir / "final"
         if acc.is_main_process:
             student = self.engine.student
-            with atomic_directory(final) as tmp:
+            with storage_errors(f"writing {final}"), atomic_directory(final, manifest=True) as tmp:
                 lora = is_lora(student)
                 if lora:
                     student.save_pretrained(tmp / "adapter", state_dict=state_dict)

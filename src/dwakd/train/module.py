@@ -8,6 +8,7 @@ under ``student.`` or ``method.``.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from dwakd.methods import DistillMethod, LossTerms
@@ -21,7 +22,30 @@ class DistillModule(nn.Module):
         super().__init__()
         self.student = student
         self.method = method
+        #: after each forward: a 0-dim bool tensor, True when the student's or the teacher's logits or
+        #: hidden states held NaN/+inf (methods treat such rows like padding, so the loss alone cannot tell)
+        self.nonfinite_inputs: torch.Tensor | None = None
 
     def forward(self, batch, teacher_out: ModelOutputs | None) -> LossTerms:
         student_out = run_model(self.student, batch.student)
+        self.nonfinite_inputs = nonfinite_outputs(student_out, teacher_out)
         return self.method(student_out, teacher_out, batch)
+
+
+def nonfinite_outputs(*outs: ModelOutputs | None) -> torch.Tensor:
+    """True (a 0-dim tensor, no device sync) when a NaN or +inf is in any logits / hidden states of ``outs``.
+
+    One float32 sum per tensor (no full-size mask): NaN and +inf propagate into the sum; a sum of
+    finite logits cannot overflow float32. ``-inf`` alone (a masked vocabulary entry) is allowed.
+    """
+    flags = []
+    with torch.no_grad():
+        for out in outs:
+            if out is None:
+                continue
+            for t in (out.logits, out.hidden):
+                s = torch.sum(t.detach(), dtype=torch.float32)
+                flags.append(torch.isnan(s) | torch.isposinf(s))
+    if not flags:
+        return torch.zeros((), dtype=torch.bool)
+    return torch.stack(flags).any()

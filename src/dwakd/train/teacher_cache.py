@@ -18,7 +18,14 @@ Keys. Each example is keyed by a hash of its teacher-side ``input_ids`` and ``la
 key changes with the data, the teacher tokenizer, the prompt format and the truncation rule), and
 the whole cache by the teacher's fingerprint (config, weight files, tokenizer). A cache built for
 another teacher, or lacking an example of the current batch, is refused with a clear message.
-Files are written atomically (temporary directory, then rename).
+Files are written atomically and durably (temporary directory, fsync, rename: :mod:`dwakd.fsio`).
+
+Integrity. ``meta.json`` records the size and SHA-256 of ``hidden.safetensors``; opening a cache
+checks both, then that the tensors read, that their offsets are consistent and that every cached
+value is finite. A truncated, corrupted or NaN-poisoned cache is refused with a
+:class:`TeacherCacheError` that says to rebuild it (``dwakd cache-teacher`` rebuilds a damaged
+cache by itself). When a cache exists for this teacher but for other data (the data, prompt format
+or truncation changed), training runs the teacher live and says so.
 
 Layout of a cache directory: ``hidden.safetensors`` (``hidden [N_tokens, d] bf16``,
 ``offsets [K + 1] int64``) and ``meta.json`` (fingerprint, example keys in row order, shapes).
@@ -37,12 +44,13 @@ from pathlib import Path
 import torch
 
 from dwakd.errors import DwakdError
-from dwakd.models.home import atomic_directory, dwakd_home
+from dwakd.fsio import atomic_directory, sha256_file
+from dwakd.models.home import dwakd_home
 from dwakd.models.outputs import ModelOutputs
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json records the size and SHA-256 of hidden.safetensors
 
 
 class TeacherCacheError(DwakdError):
@@ -171,6 +179,8 @@ def _write(out: Path, hidden: torch.Tensor, offsets: torch.Tensor, meta: dict) -
 
     with atomic_directory(out) as tmp:
         save_file({"hidden": hidden.contiguous(), "offsets": offsets}, str(tmp / "hidden.safetensors"))
+        meta = dict(meta, hidden_bytes=(tmp / "hidden.safetensors").stat().st_size,
+                    hidden_sha256=sha256_file(tmp / "hidden.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
@@ -191,22 +201,40 @@ class TeacherCache:
         from safetensors.torch import load_file
 
         path = Path(path)
+        rebuild = ("rebuild it with `dwakd cache-teacher CONFIG` (or train with model.teacher_cache=off to run "
+                   "the teacher live)")
         try:
             meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-            tensors = load_file(str(path / "hidden.safetensors"))
+            if not isinstance(meta, dict) or not isinstance(meta.get("keys"), list):
+                raise ValueError("meta.json is not a cache description")
         except (OSError, ValueError) as e:
-            raise TeacherCacheError(f"teacher cache {path} is missing or unreadable ({e}); rebuild it with "
-                                    "`dwakd cache-teacher CONFIG`") from e
+            raise TeacherCacheError(f"teacher cache {path} is missing or unreadable ({e}); {rebuild}") from e
         if meta.get("format_version") != FORMAT_VERSION:
             raise TeacherCacheError(f"teacher cache {path} has format {meta.get('format_version')}, expected "
-                                    f"{FORMAT_VERSION}; rebuild it with `dwakd cache-teacher CONFIG`")
-        if fingerprint is not None and meta["fingerprint"] != fingerprint:
+                                    f"{FORMAT_VERSION} (older caches carry no checksum); {rebuild}")
+        if fingerprint is not None and meta.get("fingerprint") != fingerprint:
             raise TeacherCacheError(
-                f"teacher cache {path} was built for another teacher (fingerprint {meta['fingerprint'][:12]}..., "
-                f"this teacher {fingerprint[:12]}...); rebuild it with `dwakd cache-teacher CONFIG` or remove it")
-        hidden, offsets = tensors["hidden"], tensors["offsets"]
-        if offsets.numel() != len(meta["keys"]) + 1 or int(offsets[-1]) != hidden.shape[0]:
-            raise TeacherCacheError(f"teacher cache {path} is inconsistent (offsets vs rows); rebuild it")
+                f"teacher cache {path} was built for another teacher (fingerprint {str(meta.get('fingerprint'))[:12]}"
+                f"..., this teacher {fingerprint[:12]}...); rebuild it with `dwakd cache-teacher CONFIG` or remove it")
+        data_file = path / "hidden.safetensors"
+        size = data_file.stat().st_size if data_file.is_file() else None
+        if size != meta.get("hidden_bytes"):
+            raise TeacherCacheError(f"teacher cache {path}: hidden.safetensors has {size} bytes, "
+                                    f"{meta.get('hidden_bytes')} were written (truncated or replaced); {rebuild}")
+        if sha256_file(data_file) != meta.get("hidden_sha256"):
+            raise TeacherCacheError(f"teacher cache {path}: hidden.safetensors does not match its checksum "
+                                    f"(corrupted); {rebuild}")
+        try:
+            tensors = load_file(str(data_file))
+            hidden, offsets = tensors["hidden"], tensors["offsets"]
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise TeacherCacheError(f"teacher cache {path} is unreadable ({type(e).__name__}: {e}); {rebuild}") from e
+        if (offsets.ndim != 1 or offsets.numel() != len(meta["keys"]) + 1 or int(offsets[0]) != 0
+                or int(offsets[-1]) != hidden.shape[0] or bool((offsets[1:] < offsets[:-1]).any())):
+            raise TeacherCacheError(f"teacher cache {path} is inconsistent (offsets vs rows); {rebuild}")
+        if hidden.numel() and not bool(torch.isfinite(hidden).all()):
+            n = int((~torch.isfinite(hidden)).sum())
+            raise TeacherCacheError(f"teacher cache {path} holds {n} non-finite values (NaN/inf); {rebuild}")
         return cls(path, hidden, offsets, {k: i for i, k in enumerate(meta["keys"])}, meta["fingerprint"])
 
     def covers(self, keys: Sequence[str]) -> bool:
@@ -282,6 +310,11 @@ def open_cache_if_present(teacher_spec: str, teacher_tokenizer, examples: Sequen
     """The cache matching this teacher and exactly these examples, if one was built; else ``None``."""
     path, fingerprint = locate_cache(teacher_spec, teacher_tokenizer, examples, collator)
     if not (path / "meta.json").is_file():
+        others = sorted(p for p in path.parent.glob(f"{fingerprint[:16]}-*") if p.is_dir()) if path.parent.is_dir() else []
+        if others:
+            log.warning("a teacher cache exists for this teacher (%s) but not for this data: the training data, prompt "
+                        "format or truncation changed since `dwakd cache-teacher` ran. The teacher runs live (slower); "
+                        "rebuild the cache with `dwakd cache-teacher CONFIG` to use it again", others[-1])
         return None
     return TeacherCache.load(path, fingerprint=fingerprint)
 
@@ -303,10 +336,14 @@ def build_cache_for_config(cfg, *, batch_size: int = 8, force: bool = False, pro
     examples = list(data.train) + list(data.dev)
     path, fingerprint = locate_cache(cfg.model.teacher, data.teacher_tokenizer, examples, data.collator)
     if (path / "meta.json").is_file() and not force:
-        cache = TeacherCache.load(path, fingerprint=fingerprint)
-        n = int(cache.hidden.shape[0])
-        return {"path": str(path), "examples": len(cache.index), "tokens": n, "bytes": cache.hidden.numel() * 2,
-                "bytes_per_token": cache.hidden.shape[1] * 2.0, "seconds": 0.0, "reused": True}
+        try:
+            cache = TeacherCache.load(path, fingerprint=fingerprint)
+        except TeacherCacheError as e:
+            log.warning("%s; rebuilding it", e)
+        else:
+            n = int(cache.hidden.shape[0])
+            return {"path": str(path), "examples": len(cache.index), "tokens": n, "bytes": cache.hidden.numel() * 2,
+                    "bytes_per_token": cache.hidden.shape[1] * 2.0, "seconds": 0.0, "reused": True}
     teacher = load_teacher(cfg.model.teacher, dtype=torch.float32, device=accelerator.device)
     autocast = torch.bfloat16 if accelerator.device.type == "cpu" or torch.cuda.is_bf16_supported() else None
     return build_teacher_cache(teacher, examples, data.collator, path, fingerprint=fingerprint,
