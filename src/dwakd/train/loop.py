@@ -322,7 +322,7 @@ class Trainer:
             if "bad" not in out:
                 bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
             self._after_step(st.global_step, stop, spe)
-            if self._stop_agreed:
+            if self._stop_agreed or (self.acc.num_processes == 1 and self._stop.signum is not None):
                 self._interrupt(st.global_step)
 
     def _interrupt(self, gs: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dwakd.config import DwakdConfig
 from dwakd.errors import RunLockedError, StorageError, TrainingInterrupted
+from dwakd.fsio import storage_reason
 from dwakd.train.checkpoint import CheckpointManager, register_weight_hooks, resolve_resume
 from dwakd.train.checks import check_method
 from dwakd.train.data import prepare_data
@@ -163,6 +164,12 @@ def _train_locked(cfg, accelerator, data, plan, total, run_dir, method_cls, resu
                       **result.metrics)
         return result
     except BaseException as e:
+        reason = None if isinstance(e, StorageError) else storage_reason(e, run_dir)
+        if reason is not None:  # e.g. metrics.jsonl or status.json on a full disk
+            err = StorageError(f"{reason} while writing to {run_dir} ({type(e).__name__}: {e}); the checkpoints "
+                               f"are intact: free space and continue with --resume auto")
+            _status_for(rd, err, trainer)
+            raise err from e
         _status_for(rd, e, trainer)
         raise
     finally:
