@@ -17,8 +17,8 @@ def looks_like_path(spec: str) -> bool:
 
 
 def _positive(problems: Problems, key: str, value, *, zero_ok: bool = False) -> None:
-    if value is None:
-        return
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return  # reported by _finite
     if value < 0 or (value == 0 and not zero_ok):
         problems.add(key, f"'{key}' must be {'>= 0' if zero_ok else '> 0'}, got {value}")
 
