@@ -79,9 +79,9 @@ def test_combination_errors_blame_the_override(cfg_file):
         load_config(cfg_file, ["data.max_length=40"])
     # set in the file, the same problem names the file and the line of max_prompt_length
     line = _line_of(cfg_file, "max_prompt_length")
-    with pytest.raises(ConfigError, match=rf"^override 'data.max_prompt_length=200': "):
+    with pytest.raises(ConfigError, match=r"^override 'data.max_prompt_length=200': "):
         load_config(cfg_file, ["data.max_prompt_length=200"])
-    with pytest.raises(ConfigError, match=rf"^override 'train.stop_at_step=9': train.stop_at_step \(9\) is beyond"):
+    with pytest.raises(ConfigError, match=r"^override 'train.stop_at_step=9': train.stop_at_step \(9\) is beyond"):
         load_config(cfg_file, ["train.stop_at_step=9"])
     text = cfg_file.read_text().replace("max_prompt_length: 48", "max_prompt_length: 200")
     cfg_file.write_text(text)
