@@ -195,13 +195,16 @@ def verify_manifest(root: str | Path) -> str | None:
         return f"{MANIFEST} is unreadable"
     for rel, info in sorted(files.items()):
         p = root / rel
-        if not p.is_file():
-            return f"{rel} is missing"
-        size = p.stat().st_size
-        if size != info.get("size"):
-            return f"{rel} has {size} bytes, {info.get('size')} were written (truncated or replaced)"
-        if sha256_file(p) != info.get("sha256"):
-            return f"{rel} does not match its checksum (corrupted)"
+        try:
+            if not p.is_file():
+                return f"{rel} is missing"
+            size = p.stat().st_size
+            if size != info.get("size"):
+                return f"{rel} has {size} bytes, {info.get('size')} were written (truncated or replaced)"
+            if sha256_file(p) != info.get("sha256"):
+                return f"{rel} does not match its checksum (corrupted)"
+        except OSError as e:  # removed or unreadable while being checked
+            return f"{rel} is unreadable ({e.strerror or e})"
     return None
 
 
