@@ -100,6 +100,8 @@ def test_kill_while_writing_final_leaves_no_orphan(tmp_path, pair, reference, mo
     assert not (run / "final").exists()
     assert [p for p in leftovers(run) if p.startswith(".final.tmp-")]  # what issue 12 item 11 saw
     assert_verifies(run / "checkpoints" / "checkpoint-6")
+    with pytest.raises(ConfigError, match=r"status: running when it was killed: no process holds it now.*--resume auto"):
+        train(cfg)  # a fresh start is refused and says what happened
     result = train(cfg, resume="auto")
     assert leftovers(run) == []
     assert_same_weights(result.final_dir, reference)

@@ -38,7 +38,7 @@ import torch
 
 from dwakd.config import DwakdConfig, config_to_dict, dump_config
 from dwakd.errors import DwakdError, TrainingInterrupted
-from dwakd.fsio import atomic_directory
+from dwakd.fsio import atomic_directory, fsync_file
 from dwakd.train.checkpoint import (
     CheckpointManager,
     TrainerState,
@@ -345,6 +345,8 @@ class Trainer:
 
     def _save(self) -> None:
         self._check_weights(f"at step {self.state.global_step} (checkpoint not written)")
+        if self.acc.is_main_process and self.metrics.path.is_file():
+            fsync_file(self.metrics.path)  # the metrics up to this checkpoint are on disk with it
         self.last_checkpoint = self.ckpt.save(self.state, self.model, self.engine.student, self.data.student_tokenizer,
                                               config_text=dump_config(self.cfg))
 

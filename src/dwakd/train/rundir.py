@@ -101,8 +101,13 @@ def check_output_dir(run_dir: Path, resume: str | None) -> None:
                           f"(e.g. the override output_dir=runs/<name>)")
     status = read_status(run_dir)
     if status is not None and resume is None:
+        state = status.get("status")
+        if state == "running":
+            holder = RunLock(run_dir)._holder()
+            state = ("running, in process " + str(holder.get("pid")) if holder and not RunLock(run_dir)._stale(holder)
+                     else "running when it was killed: no process holds it now")
         raise ConfigError(
-            f"output_dir {run_dir} already holds a run (status: {status.get('status')}). Continue it with "
+            f"output_dir {run_dir} already holds a run (status: {state}). Continue it with "
             f"--resume auto, or start a new one elsewhere, e.g. with the override output_dir=runs/<new name>"
         )
     if status is None and run_dir.is_dir():
