@@ -126,3 +126,24 @@ def test_cache_for_other_data_falls_back_to_the_live_teacher_and_says_so(cfg, tm
         train(cfg)
     assert "a teacher cache exists for this teacher" in caplog.text and "runs live" in caplog.text
     assert runners and not isinstance(runners[0], CachedTeacherRunner)
+
+
+def test_cache_teacher_on_a_full_disk_is_a_clear_error(cfg, tmp_path, monkeypatch, capsys, home):
+    import errno
+
+    import yaml
+
+    from dwakd.cli.main import main
+    from dwakd.config import config_to_dict
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert main(["cache-teacher", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "disk full while writing the teacher cache" in err and "Traceback" not in err
+    leftover = list((home / "teacher_cache").rglob("*")) if (home / "teacher_cache").exists() else []
+    assert leftover == []  # the temporary cache directory was removed

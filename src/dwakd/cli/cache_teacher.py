@@ -22,7 +22,17 @@ def run(args) -> int:
     from dwakd.train.teacher_cache import build_cache_for_config
 
     cfg = load_config(args.config, args.overrides)
-    summary = build_cache_for_config(cfg, batch_size=args.batch_size, force=args.force)
+    try:
+        summary = build_cache_for_config(cfg, batch_size=args.batch_size, force=args.force)
+    except OSError as e:
+        from dwakd.errors import DwakdError, StorageError
+        from dwakd.fsio import storage_reason
+
+        reason = None if isinstance(e, DwakdError) else storage_reason(e)
+        if reason is None:
+            raise
+        raise StorageError(f"{reason} while writing the teacher cache ({e}); nothing partial was kept, an existing "
+                           f"cache is unchanged. Free space (or set DWAKD_HOME elsewhere) and run it again") from e
     print(f"teacher cache: {summary['path']}")
     print(f"  examples {summary['examples']}, response tokens {summary['tokens']}, "
           f"{summary['bytes_per_token']:.0f} bytes/token, {summary['bytes'] / 2**20:.1f} MiB, "
