@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dwakd.config.inputs import KNOWN_FIELDS
 from dwakd.data.sources import open_source
 from dwakd.errors import ConfigError, DataError
 
@@ -54,9 +55,6 @@ _FIELDS = {
     "sharegpt": (("conversations",), ()),
     "prompt-completion": (("prompt", "completion"), ()),
 }
-#: field names the detector knows (a field mapping may only rename to these)
-KNOWN_FIELDS = ("instruction", "context", "input", "response", "output", "prompt", "completion", "messages",
-                "conversations")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                    "system": "system"}

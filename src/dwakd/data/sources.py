@@ -27,21 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dwakd.config.inputs import DATASETS_SUFFIXES, looks_like_local
 from dwakd.errors import DataError
 
-#: file suffix -> ``datasets`` packaged builder
-DATASETS_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
-JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
-FILE_SUFFIXES = tuple(JSON_SUFFIXES) + tuple(DATASETS_SUFFIXES)
-
 Raw = Iterator[tuple[int, Any, str | None]]
-
-
-def looks_like_local(spec: str) -> bool:
-    """A data spec meant as a local file or folder (not a hub dataset name)."""
-    s = str(spec)
-    return (s.startswith(("/", "./", "../", "~", ".")) or s.lower().endswith(FILE_SUFFIXES) or s.count("/") > 1
-            or os.sep != "/" and os.sep in s)
 
 
 def hub_offline() -> bool:

@@ -69,7 +69,7 @@ def train(cfg: DwakdConfig, *, resume: str | None = None) -> TrainResult:
     try:
         engine = build_engine(cfg, data, accelerator, method_cls, total)
         register_weight_hooks(accelerator)
-        if cfg.train.trackers:
+        if cfg.train.report_to:
             from dwakd.train.loop import flat_config
 
             accelerator.init_trackers(run_dir.name, config=flat_config(cfg))
@@ -92,5 +92,5 @@ def train(cfg: DwakdConfig, *, resume: str | None = None) -> TrainResult:
         rd.status("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        if cfg.train.trackers:
+        if cfg.train.report_to:
             accelerator.end_training()
