@@ -95,7 +95,7 @@ def drop_long_prompts(examples: list[Record], tokenizer, chat: bool, settings, m
     positions = model_max_positions(model)
     if positions is None:
         return examples, 0
-    prompts = format_prompts(examples, tokenizer, chat)
+    prompts = format_prompts(examples, tokenizer, chat, settings.max_prompt_tokens)
     keep = [ex for ex, p in zip(examples, prompts)
             if len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)) < positions]
     n = len(examples) - len(keep)
@@ -115,9 +115,10 @@ def use_chat_template(tokenizer, mode: str) -> bool:
     return has and mode != "off"
 
 
-def format_prompts(records: Sequence[Record], tokenizer, chat: bool) -> list[str]:
-    """The prompt text of each record (:func:`dwakd.data.format_prompt`; rules in the module doc)."""
-    return [format_prompt(r, tokenizer, chat_template=chat) for r in records]
+def format_prompts(records: Sequence[Record], tokenizer, chat: bool, max_tokens: int | None = None) -> list[str]:
+    """The prompt text of each record (:func:`dwakd.data.format_prompt`; rules in the module doc). With a
+    chat template, ``max_tokens`` shortens the user's content, never the template."""
+    return [format_prompt(r, tokenizer, chat_template=chat, max_tokens=max_tokens) for r in records]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Pa
     for set_name, path in sets.items():
         examples = load_test_set(path, opts.limit, opts.split)
         examples, n_long = drop_long_prompts(examples, tokenizer, chat, opts.generation, model, set_name)
-        prompts = format_prompts(examples, tokenizer, chat)
+        prompts = format_prompts(examples, tokenizer, chat, opts.generation.max_prompt_tokens)
         refs = [list(ex.references) for ex in examples]
         entry: dict = {"file": str(path), "n": len(examples)}
         if n_long:
@@ -283,7 +284,8 @@ def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Pa
                 if teacher_pair is None:
                     teacher_pair = teacher if isinstance(teacher, tuple) else load_pair(teacher, dtype=opts.dtype)
                 t_model, t_tok = teacher_pair
-                t_prompts = format_prompts(examples, t_tok, use_chat_template(t_tok, opts.chat_template))
+                t_prompts = format_prompts(examples, t_tok, use_chat_template(t_tok, opts.chat_template),
+                                           opts.generation.max_prompt_tokens)
                 answers = teacher_answers(t_model, t_tok, t_prompts, opts.generation,
                                           progress=f"teacher answers {set_name}" if opts.progress else False,
                                           autocast_dtype=autocast)
