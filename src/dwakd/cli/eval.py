@@ -16,10 +16,10 @@ from dwakd.errors import ConfigError
 NAME = "eval"
 HELP = "evaluate a model: sampled ROUGE-L over seeds, bits per byte of references, agreement with a teacher"
 EXAMPLES = [
-    "dwakd eval runs/demo/final --data data/demo/test.jsonl",
+    "dwakd eval runs/quickstart/final --data data/demo/test.jsonl",
     "dwakd eval smollm2-135m-instruct --data data/paper/vicuna.jsonl data/paper/dolly-test.jsonl --seeds 10,20,30",
-    "dwakd eval runs/demo/final --data tatsu-lab/alpaca_eval --split eval --limit 50   (a hub dataset)",
-    "dwakd eval runs/demo/final --data data/demo/test.jsonl --out runs/eval/x --resume   (continue after a kill)",
+    "dwakd eval runs/quickstart/final --data OWNER/DATASET --split test --limit 50   (a hub dataset)",
+    "dwakd eval runs/quickstart/final --data data/demo/test.jsonl --out runs/eval/x --resume   (continue after a kill)",
 ]
 
 

@@ -22,9 +22,9 @@ EXAMPLES = """examples:
   dwakd prepare-teacher
   dwakd data prepare demo --out data/demo
   dwakd train configs/demo.yaml --dry-run
-  dwakd train configs/demo.yaml method.name=dskd output_dir=runs/demo-dskd
-  dwakd eval runs/demo/final --data data/demo/test.jsonl
-  dwakd plot runs/demo runs/demo-dskd
+  dwakd train configs/demo.yaml method.name=dskd output_dir=runs/quickstart-dskd
+  dwakd eval runs/quickstart/final --data data/demo/test.jsonl
+  dwakd plot runs/quickstart runs/quickstart-dskd
   dwakd <command> --help        (each command's options and examples)"""
 
 

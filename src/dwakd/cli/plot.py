@@ -7,8 +7,8 @@ from pathlib import Path
 NAME = "plot"
 HELP = "draw the loss, dev loss, learning-rate and per-term curves of one or several training runs (PNG)"
 EXAMPLES = [
-    "dwakd plot runs/demo                       (writes runs/demo/curves.png)",
-    "dwakd plot runs/demo-sft runs/demo-dwakd --out docs/compare.png --smooth 5",
+    "dwakd plot runs/quickstart                 (writes runs/quickstart/curves.png)",
+    "dwakd plot runs/demo/sft runs/demo/dwakd --out docs/compare.png --smooth 5   (the make demo runs)",
 ]
 
 

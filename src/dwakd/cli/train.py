@@ -20,8 +20,8 @@ NAME = "train"
 HELP = "distil a student from a teacher as a YAML config describes (dwakd train CONFIG [key.sub=value ...])"
 EXAMPLES = [
     "dwakd train configs/demo.yaml --dry-run",
-    "dwakd train configs/demo.yaml method.name=dskd train.lr=5e-4 output_dir=runs/demo-dskd",
-    "dwakd train configs/demo.yaml output_dir=runs/demo-dskd --resume auto   (the same overrides, to continue)",
+    "dwakd train configs/demo.yaml method.name=dskd train.lr=5e-4 output_dir=runs/quickstart-dskd",
+    "dwakd train configs/demo.yaml output_dir=runs/quickstart-dskd --resume auto   (the same overrides, to continue)",
     "dwakd train --print-config-reference",
 ]
 
