@@ -6,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
 from dwakd.cli.main import main
 from dwakd.data import load_records
 

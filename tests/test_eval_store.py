@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from dwakd.cli.main import main
 
 ARGS = ["--limit", "3", "--seeds", "1,2", "--max-new-tokens", "6", "--no-progress", "--no-bpb"]

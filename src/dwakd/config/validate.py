@@ -59,7 +59,7 @@ def _check_data(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None
         # a local-looking spec must exist; anything else may be a hub dataset name (checked when loaded)
         if spec and check_files and looks_like_local(spec) and not Path(spec).expanduser().exists():
             problems.add(key, f"{key} {spec} does not exist (relative paths are read from {Path.cwd()})")
-    for ours, theirs in (d.fields or {}).items():
+    for ours in d.fields or {}:
         if ours not in KNOWN_FIELDS:
             problems.add(f"data.fields.{ours}", f"data.fields: unknown dwakd field '{ours}' (known: {', '.join(KNOWN_FIELDS)}); "
                          "write {dwakd name: your field name}")

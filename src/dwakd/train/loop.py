@@ -29,17 +29,17 @@ from accelerate.logging import get_logger
 from dwakd.config import DwakdConfig, config_to_dict
 from dwakd.errors import ConfigError, DwakdError
 from dwakd.models.home import atomic_directory
+from dwakd.train.card import push_final, write_final_extras
 from dwakd.train.checkpoint import (
     STATE_FILE,
     CheckpointManager,
     TrainerState,
     student_state_dict,
 )
-from dwakd.train.engine import Engine
 from dwakd.train.console import console, dev_line, progress_postfix
+from dwakd.train.engine import Engine
 from dwakd.train.metrics import MetricsWriter, peak_memory_mb
 from dwakd.train.optim import current_lrs
-from dwakd.train.card import push_final, write_final_extras
 from dwakd.train.sampler import StepPlan, eval_plan
 from dwakd.train.student import is_lora
 
