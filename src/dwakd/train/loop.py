@@ -299,9 +299,9 @@ class Trainer:
                     st.consecutive_bad_steps = 0
                     st.last_train_loss = out["loss"]
                 self._log_train(st.global_step, out, force=st.global_step == stop)
-                bar.update(1)
                 if "bad" not in out:
                     bar.set_postfix(progress_postfix(out), refresh=False)
+                bar.update(1)
                 self._after_step(st.global_step, stop, spe)
         finally:
             bar.close()
