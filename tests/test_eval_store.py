@@ -114,3 +114,11 @@ def test_eval_reads_a_parquet_test_set_and_a_datasetdict_split(tmp_path, tiny_st
     res = json.loads((out / "results.json").read_text())
     a, b = res["sets"]["t"], res["sets"]["dd"]
     assert a["n"] == b["n"] == 3 and a["rougeL"] == b["rougeL"]  # same records, same seeds: same samples
+
+
+def test_a_failed_start_leaves_no_folder(tmp_path, capsys, tiny_student_dir, tiny_dolly_path):
+    out = tmp_path / "never"
+    # the tiny student has no chat template: refused before anything is generated
+    assert main(["eval", str(tiny_student_dir), "--data", str(tiny_dolly_path), "--chat-template", "on",
+                 "--out", str(out), *ARGS]) == 2
+    assert "no chat template" in capsys.readouterr().err and not out.exists()

@@ -66,12 +66,13 @@ class EvalStore:
         if present and not (resume or overwrite):
             raise ConfigError(f"--out {self.out} already holds an evaluation ({', '.join(present)}); continue it with "
                               f"--resume, replace it with --overwrite, or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:
             for f in present:
                 (self.out / f).unlink()
             present = []
         ident = json.loads(json.dumps(identity))  # as it reads back
+        self._identity = ident
+        self._started = False
         if resume and (self.out / "identity.json").is_file():
             old = json.loads((self.out / "identity.json").read_text(encoding="utf-8"))
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
@@ -79,12 +80,12 @@ class EvalStore:
                 raise ConfigError(f"--resume: {self.out} holds an evaluation with different {', '.join(diff)} "
                                   f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same command, or "
                                   f"--overwrite to start again")
-        write_atomic(self.out / "identity.json", json.dumps(ident, indent=2) + "\n")
         self.progress = _read_jsonl(self.out / "progress.jsonl") if resume else []
         done = {(p["set"], str(p["seed"])) for p in self.progress if p.get("kind") == "seed"}
         # keep only sample rows of finished (set, seed) pairs; teacher answers of finished sets
         rows = [r for r in _read_jsonl(self.out / "samples.jsonl") if (r.get("set"), str(r.get("seed"))) in done]
-        write_atomic(self.out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if (self.out / "samples.jsonl").exists():
+            write_atomic(self.out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         self._samples: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
         for r in rows:
             self._samples[(r["set"], str(r["seed"]))][int(r["key"])] = r["output"]
@@ -117,22 +118,33 @@ class EvalStore:
         return len(self.progress)
 
     # ------------------------------------------------------------------ writing
+    def _start(self) -> None:
+        """Nothing is written before the first finished piece (a failed start leaves no folder behind)."""
+        if not self._started:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out / "identity.json", json.dumps(self._identity, indent=2) + "\n")
+            self._started = True
+
     def _mark(self, line: dict) -> None:
         _append(self.out / "progress.jsonl", [line])
         self.progress.append(line)
 
     def add_seed(self, set_name: str, seed, rows: list[dict], info: dict) -> None:
+        self._start()
         _append(self.out / "samples.jsonl", rows)
         self._mark({"kind": "seed", "set": set_name, "seed": seed, **info})
 
     def add_teacher(self, set_name: str, answers: list[str]) -> None:
+        self._start()
         _append(self.out / "teacher_answers.jsonl", [{"set": set_name, "key": k, "text": t} for k, t in enumerate(answers)])
         self._mark({"kind": "teacher", "set": set_name})
 
     def add(self, kind: str, set_name: str, value: dict) -> None:
+        self._start()
         self._mark({"kind": kind, "set": set_name, **value})
 
     def paths(self) -> dict[str, Path]:
+        self._start()
         names = {"json": "results.json", "md": "results.md", "samples": "samples.jsonl",
                  "teacher_answers": "teacher_answers.jsonl", "progress": "progress.jsonl", "identity": "identity.json"}
         return {k: self.out / v for k, v in names.items() if (self.out / v).exists()}
