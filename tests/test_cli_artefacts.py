@@ -232,3 +232,22 @@ def test_built_tokenizer_that_cannot_reach_the_vocabulary_says_so(tmp_path, capl
     assert len(tok) < 4096
     assert model.config.vocab_size == len(tok) and model.config.dwakd_requested_vocab_size == 4096
     assert f"has {len(tok)} tokens, not the requested 4096" in caplog.text
+
+
+def test_training_reads_a_datasetdict_folder_with_renamed_fields(tmp_path, cfg_dict, tiny_dolly_path):
+    import datasets
+
+    from dwakd.train import train
+
+    rows = [json.loads(line) for line in tiny_dolly_path.read_text().splitlines() if line.strip()]
+    renamed = [{"question": r["instruction"], "answer": r["response"]} for r in rows]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(renamed),
+                          "validation": datasets.Dataset.from_list(renamed[:4])}).save_to_disk(str(tmp_path / "dd"))
+    d = dict(cfg_dict)
+    d["data"] = dict(d["data"], train=str(tmp_path / "dd"), dev=str(tmp_path / "dd"), split="train",
+                     dev_split="validation", fields={"instruction": "question", "response": "answer"})
+    d["train"] = dict(d["train"], max_steps=2)
+    result = train(config_from_dict(d))
+    env = json.loads((Path(d["output_dir"]) / "environment.json").read_text())
+    assert env["data"]["train"]["records"] == len(rows) and env["data"]["dev"]["records"] == 4
+    assert result.final_dir is not None

@@ -202,3 +202,26 @@ def test_crlf_and_bom_jsonl(tmp_path):
     p.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(_dolly_line(i).encode() for i in range(3)) + b"\r\n")
     res = load_records(p)
     assert [r.response for r in res] == ["a0", "a1", "a2"]
+
+
+# --------------------------------------------------------------------------- config validation of data specs
+def _cfg(train, **data):
+    return {"model": {"teacher": "t", "student": "s"}, "data": {"train": train, **data}, "method": {"name": "sft"}}
+
+
+def test_config_accepts_folders_and_hub_names_and_refuses_missing_files(tmp_path):
+    import datasets
+
+    from dwakd.config import config_from_dict
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    assert config_from_dict(_cfg(str(tmp_path / "saved"), split="train")).data.train == str(tmp_path / "saved")
+    cfg = config_from_dict(_cfg("databricks/databricks-dolly-15k", dev="org/other", dev_split="test"))
+    assert (cfg.data.dev, cfg.data.dev_split) == ("org/other", "test")  # hub names are checked when loaded
+    for missing in (str(tmp_path / "nope.parquet"), "data/none/train.csv", "./x"):
+        with pytest.raises(ConfigError, match=r"data.train .* does not exist"):
+            config_from_dict(_cfg(missing))
+    with pytest.raises(ConfigError, match="data.fields: unknown dwakd field 'question'"):
+        config_from_dict(_cfg(str(tmp_path / "saved"), fields={"question": "q"}))
+    cfg = config_from_dict(_cfg(str(tmp_path / "saved"), format="sharegpt", fields={"conversations": "turns"}))
+    assert cfg.data.format == "sharegpt" and cfg.data.fields == {"conversations": "turns"}
