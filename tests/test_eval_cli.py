@@ -24,6 +24,8 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
     printed = capsys.readouterr().out
     assert "| model | tiny_dolly ROUGE-L |" in printed
     for name in ("results.json", "results.md", "samples.jsonl", "teacher_answers.jsonl"):
+        assert str(out / name) in printed, name  # every file written is named
+    for name in ("results.json", "results.md", "samples.jsonl", "teacher_answers.jsonl"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     entry = res["sets"]["tiny_dolly"]
@@ -37,8 +39,13 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
     assert len(samples) == 6
     per_seed = {}
     for seed in (1, 2):
-        texts = [s["text"] for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed]
-        per_seed[seed] = 100 * np.mean([scorer.score(r, t)["rougeL"].fmeasure for r, t in zip(refs, texts)])
+        rows = [s for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed]
+        texts = [s["output"] for s in rows]
+        each = [100 * scorer.score(r, t)["rougeL"].fmeasure for r, t in zip(refs, texts)]
+        assert [s["rougeL"] for s in rows] == pytest.approx(each, abs=1e-9)  # per-example ROUGE-L
+        assert [s["references"] for s in rows] == [[r] for r in refs]
+        assert all(s["prompt"].startswith("Below is an instruction") and s["set"] == "tiny_dolly" for s in rows)
+        per_seed[seed] = 100 * np.mean(each)
         assert entry["rougeL"]["per_seed"][str(seed)] == np.float64(per_seed[seed])
     assert entry["rougeL"]["mean"] == np.float64(np.mean(list(per_seed.values())))
     assert abs(entry["rougeL"]["std"] - abs(per_seed[1] - per_seed[2]) / 2) < 1e-9

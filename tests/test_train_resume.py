@@ -85,7 +85,8 @@ def test_demo_config_trains_stops_resumes_and_saves_a_loadable_student(tmp_path,
     monkeypatch.chdir(repo)
     run = tmp_path / "demo"
     common = [f"output_dir={run}", f"model.build.cache_dir={tmp_path / 'students'}", "train.max_steps=3",
-              "train.batch_size=2", "data.max_length=128", "data.max_prompt_length=64", "train.log_every=1"]
+              "train.batch_size=2", "data.max_length=128", "data.max_prompt_length=64", "train.log_every=1",
+              "data.train=tests/fixtures/tiny_dolly.jsonl"]  # the real data comes from `dwakd data prepare demo`
     assert main(["train", "configs/demo.yaml", *common, "train.stop_at_step=2"]) == 0
     assert "continue with" in capsys.readouterr().out
     assert main(["train", "configs/demo.yaml", *common, "--resume", "auto"]) == 0

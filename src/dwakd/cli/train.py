@@ -18,6 +18,19 @@ from __future__ import annotations
 
 NAME = "train"
 HELP = "distil a student from a teacher as a YAML config describes (dwakd train CONFIG [key.sub=value ...])"
+EXAMPLES = [
+    "dwakd train configs/demo.yaml --dry-run",
+    "dwakd train configs/demo.yaml method.name=dskd train.lr=5e-4 output_dir=runs/quickstart-dskd",
+    "dwakd train configs/demo.yaml output_dir=runs/quickstart-dskd --resume auto   (the same overrides, to continue)",
+    "dwakd train --print-config-reference",
+]
+
+
+def resume_command(config: str, overrides: list[str]) -> str:
+    """The command that continues this run: the same config and overrides, plus ``--resume auto``."""
+    import shlex
+
+    return shlex.join(["dwakd", "train", config, *overrides, "--resume", "auto"])
 
 
 def add_arguments(p) -> None:
@@ -98,5 +111,5 @@ def run(args) -> int:
         print(f"done: {result.state.global_step} steps; student saved to {result.final_dir}")
     else:
         print(f"stopped at step {result.state.global_step} of {result.state.total_steps}; checkpoint "
-              f"{result.last_checkpoint}; continue with: dwakd train {args.config} --resume auto")
+              f"{result.last_checkpoint}; continue with: {resume_command(args.config, args.overrides)}")
     return 0

@@ -92,10 +92,20 @@ class ModelConfig:
 class DataConfig:
     """Training / dev data and how it is tokenized."""
 
-    train: str | None = _f(None, "Training records (JSONL/JSON file): Dolly, Alpaca, MiniLLM (prompt/output) or chat.")
-    dev: str | None = _f(None, "Dev records for periodic evaluation; null = split data.dev_fraction off the training set.")
+    train: str | None = _f(
+        None, "Training records: a .jsonl/.json/.csv/.tsv/.parquet/.arrow file, a save_to_disk folder or a hub dataset "
+        "name (read through `datasets`). Formats: Dolly, Alpaca, MiniLLM (prompt/output), chat (messages), ShareGPT "
+        "(conversations), prompt/completion.")
+    dev: str | None = _f(None, "Dev records (same kinds as data.train); null = split data.dev_fraction off the training set.")
+    split: str = _f("train", "Split of data.train to read when it is a DatasetDict folder or a hub dataset.")
+    dev_split: str = _f("validation", "Split of data.dev to read when it is a DatasetDict folder or a hub dataset.")
     dev_fraction: float = _f(0.05, "Fraction of training records held out as dev set when data.dev is null (0 = no dev set).")
-    format: Literal["auto", "dolly", "alpaca", "minillm", "chat"] = _f("auto", "Record format; auto detects it from the fields.")
+    format: Literal["auto", "dolly", "alpaca", "minillm", "chat", "sharegpt", "prompt-completion"] = _f(
+        "auto", "Record format; auto detects it from the fields.")
+    fields: dict[str, str] = _f(
+        factory=dict, help="Rename your fields to dwakd's before detection: {dwakd name: your name}, e.g. "
+        "{instruction: question, response: answer}. dwakd names: instruction, context, input, response, output, "
+        "prompt, completion, messages, conversations.")
     max_length: int = _f(512, "Maximum tokens per example and side (prompt + response + EOS).")
     max_prompt_length: int = _f(256, "Prompts are cut from the left to this many tokens.")
     on_bad_record: Literal["error", "skip"] = _f("error", "A malformed record stops the run (error) or is counted and skipped.")
@@ -144,7 +154,16 @@ class TrainConfig:
     final_model: Literal["last", "best"] = _f("last", "Weights written to <output_dir>/final: the last step or the best dev loss.")
     max_bad_steps: int = _f(10, "Stop with an error after this many consecutive steps with a non-finite loss or gradient.")
     log_every: int = _f(10, "Write metrics every N optimizer steps.")
-    trackers: list[Literal["tensorboard", "wandb"]] = _f(factory=list, help="Extra trackers through Accelerate (metrics.jsonl is always written).")
+    report_to: list[str] | str = _f(
+        factory=list, help="Trackers through Accelerate, as in TRL: a name or a list of tensorboard, wandb, trackio, "
+        "comet_ml, mlflow, aim, clearml, dvclive, swanlab; 'all' (every installed one) or 'none'. metrics.jsonl is "
+        "always written.")
+    trackers: list[str] | str | None = _f(None, "Alias of train.report_to (older configs).")
+    push_to_hub: bool = _f(False, "Upload final/ to the hub repository train.hub_model_id when the run completes.")
+    hub_model_id: str | None = _f(None, "Hub repository for push_to_hub (user/name); default: the run directory's name.")
+    hub_private: bool = _f(True, "Create the hub repository as private (push_to_hub).")
+    license: str | None = _f(None, "License id written in final/README.md (e.g. apache-2.0); null = 'other' (check the "
+                             "teacher's, student's and data's licences).")
     ddp_find_unused_parameters: bool = _f(
         True, "DDP: allow parameters that get no gradient in a step (e.g. projectors an ablation switches off)."
     )

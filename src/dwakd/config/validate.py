@@ -7,6 +7,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+from dwakd.config.inputs import KNOWN_FIELDS, looks_like_local, resolve_report_to
 from dwakd.config.schema import DwakdConfig
 from dwakd.config.typed import Problems
 
@@ -76,11 +77,15 @@ def _check_model(cfg: DwakdConfig, problems: Problems, check_files: bool) -> Non
 def _check_data(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None:
     d = cfg.data
     if not d.train:
-        problems.add("data.train", "'data.train' (the training records file) is required")
-    elif check_files and not Path(d.train).expanduser().is_file():
-        problems.add("data.train", f"training data file {d.train} does not exist (relative paths are read from {Path.cwd()})")
-    if d.dev and check_files and not Path(d.dev).expanduser().is_file():
-        problems.add("data.dev", f"dev data file {d.dev} does not exist (relative paths are read from {Path.cwd()})")
+        problems.add("data.train", "'data.train' (the training records: file, save_to_disk folder or hub name) is required")
+    for key, spec in (("data.train", d.train), ("data.dev", d.dev)):
+        # a local-looking spec must exist; anything else may be a hub dataset name (checked when loaded)
+        if spec and check_files and looks_like_local(spec) and not Path(spec).expanduser().exists():
+            problems.add(key, f"{key} {spec} does not exist (relative paths are read from {Path.cwd()})")
+    for ours in d.fields or {}:
+        if ours not in KNOWN_FIELDS:
+            problems.add(f"data.fields.{ours}", f"data.fields: unknown dwakd field '{ours}' (known: {', '.join(KNOWN_FIELDS)}); "
+                         "write {dwakd name: your field name}")
     if not 0.0 <= d.dev_fraction < 1.0:
         problems.add("data.dev_fraction", f"data.dev_fraction must be in [0, 1), got {d.dev_fraction}")
     _positive(problems, "data.max_length", d.max_length)
@@ -112,11 +117,14 @@ def _check_train(cfg: DwakdConfig, problems: Problems) -> None:
         problems.add(_where_pair(problems, "train.stop_at_step", "train.max_steps"), f"train.stop_at_step ({t.stop_at_step}) is beyond train.max_steps ({t.max_steps})")
     if t.final_model == "best" and t.keep_best_n < 1:
         problems.add(_where_pair(problems, "train.final_model", "train.keep_best_n"), "train.final_model 'best' needs train.keep_best_n >= 1")
-    packages = {"tensorboard": "tensorboard", "wandb": "wandb"}
-    for tracker in t.trackers or []:
-        pkg = packages.get(tracker)
-        if pkg and importlib.util.find_spec(pkg) is None and not (tracker == "tensorboard" and importlib.util.find_spec("tensorboardX")):
-            problems.add("train.trackers", f"tracker '{tracker}' needs the '{pkg}' package: pip install {pkg}")
+    key = "train.trackers" if t.trackers is not None and not t.report_to else "train.report_to"
+    if t.trackers is not None and t.report_to and t.trackers != t.report_to:
+        problems.add("train.trackers", "train.trackers is an alias of train.report_to; set only one")
+    try:
+        t.report_to = resolve_report_to(t.report_to or t.trackers)
+    except ValueError as e:
+        problems.add(key, f"{key}: {e}")
+    t.trackers = None
 
 
 def validate_config(cfg: DwakdConfig, problems: Problems, *, check_files: bool = True) -> None:

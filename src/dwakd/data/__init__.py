@@ -1,7 +1,10 @@
 """The cross-tokenizer data layer.
 
 - Records (:mod:`dwakd.data.records`): :func:`load_records` reads Dolly / Alpaca / MiniLLM-DSKD /
-  chat data from JSONL/JSON files or ``datasets`` sources, with format detection and counted skips.
+  chat / ShareGPT / prompt-completion data from any source :mod:`dwakd.data.sources` opens (JSONL/JSON
+  read with ``file:line`` errors; CSV/TSV/Parquet/Arrow, ``save_to_disk`` folders and hub names through
+  ``datasets``), with format detection, field mapping and counted skips.
+- The paper's sets (:mod:`dwakd.data.prepare`): ``dwakd data prepare NAME`` with provenance.
 - Prompts (:mod:`dwakd.data.prompts`): :func:`format_prompt`, per side (chat template or the plain
   Dolly/MiniLLM template).
 - Encoding (:mod:`dwakd.data.encode`): :func:`encode_pair` / :func:`encode_record` /

@@ -512,13 +512,14 @@ def encode_record(
     """:func:`encode_pair` of a :class:`~dwakd.data.records.Record`, each side's prompt formatted
     with :func:`~dwakd.data.prompts.format_prompt` (its chat template when asked and available)."""
     return encode_pair(
-        format_prompt(record, student_tokenizer, chat_template=student_chat_template),
+        format_prompt(record, student_tokenizer, chat_template=student_chat_template, max_tokens=max_prompt_length),
         record.response,
         student_tokenizer,
         teacher_tokenizer,
         max_length=max_length,
         max_prompt_length=max_prompt_length,
-        teacher_prompt=format_prompt(record, teacher_tokenizer, chat_template=teacher_chat_template),
+        teacher_prompt=format_prompt(record, teacher_tokenizer, chat_template=teacher_chat_template,
+                                     max_tokens=max_prompt_length),
         stats=stats,
         index=index,
     )
@@ -549,8 +550,10 @@ def encode_dataset(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         responses = [r.response for r in chunk]
-        s_prompts = [format_prompt(r, student_tokenizer, chat_template=student_chat_template) for r in chunk]
-        t_prompts = [format_prompt(r, teacher_tokenizer, chat_template=teacher_chat_template) for r in chunk]
+        s_prompts = [format_prompt(r, student_tokenizer, chat_template=student_chat_template,
+                                   max_tokens=max_prompt_length) for r in chunk]
+        t_prompts = [format_prompt(r, teacher_tokenizer, chat_template=teacher_chat_template,
+                                   max_tokens=max_prompt_length) for r in chunk]
         s_p = _tokenize_prompts(s_prompts, student_tokenizer, max_prompt_length)
         t_p = s_p if same and s_prompts == t_prompts else _tokenize_prompts(t_prompts, teacher_tokenizer, max_prompt_length)
         s_r = _tokenize_responses(responses, student_tokenizer)

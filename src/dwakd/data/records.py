@@ -1,4 +1,7 @@
-"""Instruction records: load Dolly / Alpaca / MiniLLM-DSKD / chat data from files or ``datasets``.
+"""Instruction records: load Dolly / Alpaca / MiniLLM / chat / ShareGPT / prompt-completion data.
+
+Sources (:mod:`dwakd.data.sources`): JSONL/JSON, CSV/TSV, Parquet and Arrow files, ``save_to_disk``
+folders, ``datasets`` objects, lists of dicts and hub dataset names.
 
 Formats (fields; ``?`` = optional):
 
@@ -9,10 +12,16 @@ Formats (fields; ``?`` = optional):
   ``instruction?``, ``input?`` (kept for chat-template formatting).
 - ``chat``: ``messages`` = list of ``{"role", "content"}``; the last message is the assistant's
   response, the messages before it form the prompt.
+- ``sharegpt``: ``conversations`` = list of ``{"from", "value"}`` (``human``/``user`` -> user,
+  ``gpt``/``assistant``/``chatgpt``/``bard``/``bing`` -> assistant, ``system``); then as ``chat``.
+- ``prompt-completion`` (TRL): ``prompt`` and ``completion``, both strings (the prompt is used
+  verbatim, like a MiniLLM prompt) or both message lists (conversational: as ``chat``).
 
 ``format="auto"`` detects the format from the fields of the first record: ``messages`` -> chat,
-``prompt`` + ``output`` -> minillm, ``instruction`` + ``response`` -> dolly, ``instruction`` +
-``output`` -> alpaca. Every record is then validated against that format.
+``conversations`` -> sharegpt, ``prompt`` + ``completion`` -> prompt-completion, ``prompt`` +
+``output`` -> minillm, ``instruction`` + ``response`` -> dolly, ``instruction`` + ``output`` ->
+alpaca. Every record is then validated against that format. ``fields`` renames source fields
+first (``{"instruction": "question", "response": "answer"}``: dwakd name -> the source's name).
 
 Errors: a malformed record raises :class:`~dwakd.errors.DataError` naming the file, the line
 (``row N`` for a ``datasets`` source, ``item N`` for a JSON object holding a list) and the missing or
@@ -22,21 +31,19 @@ bad field. With ``on_bad_record="skip"`` it is skipped instead and counted in
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from dwakd.config.inputs import KNOWN_FIELDS
+from dwakd.data.sources import open_source
 from dwakd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("dolly", "alpaca", "minillm", "chat")
+FORMATS = ("dolly", "alpaca", "minillm", "chat", "sharegpt", "prompt-completion")
 BAD_RECORD_POLICIES = ("error", "skip")
 
 #: format -> (required fields, optional string fields)
@@ -45,7 +52,12 @@ _FIELDS = {
     "alpaca": (("instruction", "output"), ("input",)),
     "minillm": (("prompt", "output"), ("instruction", "input")),
     "chat": (("messages",), ()),
+    "sharegpt": (("conversations",), ()),
+    "prompt-completion": (("prompt", "completion"), ()),
 }
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
+                   "system": "system"}
 
 
 @dataclass
@@ -130,6 +142,10 @@ def detect_format(fields: Iterable[str]) -> str | None:
     f = set(fields)
     if "messages" in f:
         return "chat"
+    if "conversations" in f:
+        return "sharegpt"
+    if "prompt" in f and "completion" in f:
+        return "prompt-completion"
     if "prompt" in f and "output" in f:
         return "minillm"
     if "instruction" in f and "response" in f:
@@ -164,25 +180,40 @@ def _references(obj: Mapping, name: str, fmt: str) -> list[str]:
     return list(refs)
 
 
-def _messages(obj: Mapping) -> tuple[list[dict[str, str]], str]:
-    msgs = obj.get("messages")
+def _message_list(obj: Mapping, name: str, fmt: str, keys=("role", "content"), *, min_len: int = 2) -> list[dict[str, str]]:
+    msgs = obj.get(name)
     if msgs is None:
-        raise _missing("messages", "chat", obj)
-    if not isinstance(msgs, list) or len(msgs) < 2:
-        raise _BadRecord("field 'messages' must be a list of at least two {role, content} messages")
+        raise _missing(name, fmt, obj)
+    if not isinstance(msgs, list) or len(msgs) < min_len:
+        count = "two" if min_len == 2 else "one"
+        raise _BadRecord(f"field '{name}' must be a list of at least {count} {{{', '.join(keys)}}} message{'s' if min_len > 1 else ''}")
     clean = []
     for k, m in enumerate(msgs):
         if not isinstance(m, Mapping):
-            raise _BadRecord(f"field 'messages[{k}]' must be an object with 'role' and 'content'")
-        for key in ("role", "content"):
+            raise _BadRecord(f"field '{name}[{k}]' must be an object with '{keys[0]}' and '{keys[1]}'")
+        for key in keys:
             if not isinstance(m.get(key), str):
-                raise _BadRecord(f"missing field 'messages[{k}].{key}' (a string)")
-        clean.append({"role": m["role"], "content": m["content"]})
+                raise _BadRecord(f"missing field '{name}[{k}].{key}' (a string)")
+        role = m[keys[0]]
+        if fmt == "sharegpt":
+            if role.lower() not in _SHAREGPT_ROLES:
+                raise _BadRecord(f"field '{name}[{k}].from': unknown speaker '{role}' "
+                                 f"(expected one of {', '.join(sorted(_SHAREGPT_ROLES))})")
+            role = _SHAREGPT_ROLES[role.lower()]
+        clean.append({"role": role, "content": m[keys[1]]})
+    return clean
+
+
+def _split_response(clean: list[dict[str, str]], name: str) -> tuple[list[dict[str, str]], str]:
     if clean[-1]["role"] != "assistant":
-        raise _BadRecord(f"field 'messages': the last message must be the assistant's response, got role '{clean[-1]['role']}'")
+        raise _BadRecord(f"field '{name}': the last message must be the assistant's response, got role '{clean[-1]['role']}'")
     if not clean[-1]["content"].strip():
-        raise _BadRecord("field 'messages': the assistant's response is empty")
+        raise _BadRecord(f"field '{name}': the assistant's response is empty")
     return clean[:-1], clean[-1]["content"]
+
+
+def _messages(obj: Mapping) -> tuple[list[dict[str, str]], str]:
+    return _split_response(_message_list(obj, "messages", "chat"), "messages")
 
 
 def parse_record(obj: Any, fmt: str, *, source: str = "", line: int = 0) -> Record:
@@ -209,111 +240,47 @@ def parse_record(obj: Any, fmt: str, *, source: str = "", line: int = 0) -> Reco
     if fmt == "chat":
         before, resp = _messages(obj)
         return Record(fmt, resp, messages=before, source=source, line=line)
+    if fmt == "sharegpt":
+        before, resp = _split_response(_message_list(obj, "conversations", fmt, ("from", "value")), "conversations")
+        return Record(fmt, resp, messages=before, source=source, line=line)
+    if fmt == "prompt-completion":
+        if isinstance(obj.get("prompt"), list) or isinstance(obj.get("completion"), list):
+            before = _message_list(obj, "prompt", fmt, min_len=1)
+            after = _message_list(obj, "completion", fmt, min_len=1)
+            _, resp = _split_response(after[-1:], "completion")
+            return Record(fmt, resp, messages=before + after[:-1], source=source, line=line)
+        prompt = _need_str(obj, "prompt", fmt, nonempty=True)
+        resp = _need_str(obj, "completion", fmt, nonempty=True)
+        return Record(fmt, resp, prompt=prompt, source=source, line=line)
     raise ConfigError(f"unknown record format '{fmt}'; choose one of: auto, {', '.join(FORMATS)}")
 
 
-# --------------------------------------------------------------------------- raw sources
-def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any, str | None]]:
-    """(line number, object or None, JSON error or None) per non-blank line."""
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line), None
-        except json.JSONDecodeError as e:
-            yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+def check_field_map(fields: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a field mapping ``{dwakd name: source name}`` (raises ConfigError)."""
+    fields = dict(fields or {})
+    for ours, theirs in fields.items():
+        if ours not in KNOWN_FIELDS:
+            raise ConfigError(f"field mapping: unknown dwakd field '{ours}' (known: {', '.join(KNOWN_FIELDS)}); "
+                              "write {dwakd name: your field name}, e.g. {instruction: question, response: answer}")
+        if not isinstance(theirs, str) or not theirs:
+            raise ConfigError(f"field mapping: '{ours}' must map to a field name (a string), got {theirs!r}")
+    return fields
 
 
-def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any, str | None]]:
-    """Items of a top-level JSON array, each with the line it starts on."""
-    dec = json.JSONDecoder()
-    pos = text.index("[") + 1
-    line, counted = 1, 0
-    n = len(text)
-    while True:
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= n:
-            raise DataError(f"{path}: the JSON array is not closed")
-        if text[pos] == "]":
-            return
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-        yield line, obj, None
-        pos = end
+def _rename(obj: Any, fields: dict[str, str]) -> Any:
+    if not fields or not isinstance(obj, Mapping):
+        return obj
+    taken = set(fields.values())
+    out = {k: v for k, v in obj.items() if k not in taken and k not in fields}
+    for ours, theirs in fields.items():
+        if theirs in obj:
+            out[ours] = obj[theirs]
+    return out
 
 
-def _iter_file(path: Path) -> tuple[Iterator[tuple[int, Any, str | None]], str]:
-    """Iterator of (location number, raw object, JSON error) and the location word (line/item)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from e
-    head = text.lstrip()[:1]
-    if head == "[":
-        return _iter_json_array(path, text), "line"
-    if head == "{" and path.suffix.lower() == ".json":
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            return _iter_jsonl(path, text), "line"  # a .json file holding JSON lines
-        lists = [v for v in whole.values() if isinstance(v, list)] if isinstance(whole, dict) else []
-        if len(lists) != 1:
-            raise DataError(f"{path}: a JSON file must hold a list of records (or an object with one list of records)")
-        return ((k, obj, None) for k, obj in enumerate(lists[0], 1)), "item"
-    return _iter_jsonl(path, text), "line"
-
-
-def _iter_dataset(ds) -> Iterator[tuple[int, Any, str | None]]:
-    for k, row in enumerate(ds):
-        yield k, row, None
-
-
-def _open_source(source, split: str) -> tuple[Iterator, str, str]:
-    """(raw iterator, source name, location word) for a path, a ``datasets`` object or a hub name."""
-    datasets_mod = sys.modules.get("datasets")  # a Dataset object means the module is loaded already
-    if datasets_mod is not None:
-        ds_types = (datasets_mod.Dataset, datasets_mod.IterableDataset)
-        dd_types = (datasets_mod.DatasetDict, datasets_mod.IterableDatasetDict)
-    else:
-        ds_types, dd_types = (), ()
-    if dd_types and isinstance(source, dd_types):
-        if split not in source:
-            raise DataError(f"the dataset has no split '{split}' (splits: {', '.join(source)})")
-        source = source[split]
-    if ds_types and isinstance(source, ds_types):
-        name = getattr(source, "info", None) and source.info.dataset_name or "dataset"
-        return _iter_dataset(source), f"{name}[{split}]", "row"
-    if isinstance(source, (list, tuple)):
-        return ((k, obj, None) for k, obj in enumerate(source)), "records", "item"
-    path = Path(os.fspath(source)).expanduser()
-    if path.is_file():
-        it, word = _iter_file(path)
-        return it, str(path), word
-    if path.is_dir():
-        import datasets
-
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{path} is a directory but not a dataset saved with save_to_disk: {e}") from e
-        return _open_source(loaded, split)
-    spec = str(source)
-    if spec.startswith((".", "/", "~")) or spec.endswith((".json", ".jsonl")):
-        raise FileNotFoundError(f"data file {spec} does not exist")
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(spec, split=split)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"could not load the dataset '{spec}' (split '{split}') with datasets.load_dataset: {e}") from e
-    return _iter_dataset(loaded), f"{spec}[{split}]", "row"
+def _bad_from_error(text: str) -> _BadRecord:
+    reason, sep, detail = text.partition(" (")
+    return _BadRecord(reason, sep + detail if sep else "")
 
 
 def load_records(
@@ -323,29 +290,33 @@ def load_records(
     on_bad_record: str = "error",
     split: str = "train",
     limit: int | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Load instruction records.
 
-    ``source``: a ``.jsonl`` / ``.json`` file path, a directory written by
-    ``datasets.Dataset.save_to_disk``, a ``datasets.Dataset`` / ``DatasetDict`` (``split`` picks
-    one), a list of dicts, or a name for ``datasets.load_dataset(source, split=split)``.
-    ``format``: ``auto`` or one of :data:`FORMATS`. ``on_bad_record``: ``error`` raises
-    :class:`~dwakd.errors.DataError` (file, line, field); ``skip`` skips and counts.
+    ``source``: a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet`` / ``.arrow`` file, a
+    folder written by ``save_to_disk``, a ``datasets.Dataset`` / ``DatasetDict`` (``split`` picks
+    one), a list of dicts, or a hub name for ``datasets.load_dataset(source, split=split)``
+    (:mod:`dwakd.data.sources`). ``format``: ``auto`` or one of :data:`FORMATS`. ``fields``:
+    ``{dwakd field: source field}`` renames applied before detection. ``on_bad_record``: ``error``
+    raises :class:`~dwakd.errors.DataError` (file, line, field); ``skip`` skips and counts.
     ``limit``: stop after that many good records. A missing file raises ``FileNotFoundError``.
     """
     if on_bad_record not in BAD_RECORD_POLICIES:
         raise ConfigError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}; got '{on_bad_record}'")
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"unknown record format '{format}'; choose one of: auto, {', '.join(FORMATS)}")
-    raw, name, word = _open_source(source, split)
+    mapping = check_field_map(fields)
+    raw, name, word = open_source(source, split)
     fmt = None if format == "auto" else format
     records: list[Record] = []
     reasons: Counter = Counter()
-    for loc, obj, json_error in raw:
+    for loc, obj, error in raw:
         where = f"{name}:{loc}" if word == "line" else f"{name} {word} {loc}"
         try:
-            if json_error is not None:
-                raise _BadRecord(json_error)
+            if error is not None:
+                raise _bad_from_error(error)
+            obj = _rename(obj, mapping)
             if fmt is None:
                 if not isinstance(obj, Mapping):
                     raise _BadRecord(f"expected a JSON object, got {type(obj).__name__}")
@@ -354,7 +325,9 @@ def load_records(
                     raise DataError(
                         f"{where}: cannot tell the record format from the fields ({', '.join(sorted(map(str, obj)))}); "
                         "expected dolly (instruction, response), alpaca (instruction, output), minillm "
-                        "(prompt, output) or chat (messages); set the format explicitly"
+                        "(prompt, output), chat (messages), sharegpt (conversations) or prompt-completion "
+                        "(prompt, completion); set data.format, or map your fields with data.fields, e.g. "
+                        "{instruction: question, response: answer}"
                     )
                 log.debug("%s: detected %s records", name, fmt)
             records.append(parse_record(obj, fmt, source=name, line=loc))

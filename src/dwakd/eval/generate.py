@@ -244,7 +244,10 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], settings:
             b = min(b, settings.max_new_tokens)
         if positions is not None:
             b = min(b, positions - len(e))
-        budgets.append(max(b, 1))
+        if b < 1:
+            raise ConfigError(f"a prompt of {len(e)} tokens leaves no room to generate in the model's {positions} "
+                              f"positions; lower max_prompt_tokens below {positions}")
+        budgets.append(b)
     stop = eos_ids(model, tokenizer)
     device = _model_device(model)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch

@@ -3,6 +3,8 @@ and returns its path.
 
 - :func:`plot_loss_curves`: one panel per method, one line per loss term, from metrics JSONL
   files (one JSON object per logged step: ``{"step": 10, "loss/ce": 2.1, "loss/kd_stu": 0.4}``).
+- :func:`plot_run_curves`: a run's (or several runs') objective, dev loss, learning rates and loss terms
+  from their ``metrics.jsonl`` (``dwakd plot``).
 - :func:`plot_metric_bars`: ROUGE-L (mean ± std over seeds) and bits per byte per model.
 - :func:`plot_alignment`: a Soft-DTW cost matrix ``[S, T]`` as a heatmap (student tokens down
   the rows, teacher tokens along the columns) with the alignment path on top, given as ``(i, j)``
@@ -104,6 +106,69 @@ def plot_loss_curves(runs: Mapping[str, str | Path | Sequence[dict]], out_path: 
             ax.text(0.5, 0.5, f"no '{prefix}*' keys", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(_escape(title))
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
+def _series(records: Sequence[dict], key: str, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r.get("step", i), r[key]) for i, r in enumerate(records)
+           if (kind is None or r.get("kind") == kind) and isinstance(r.get(key), int | float)
+           and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def plot_run_curves(runs: Mapping[str, str | Path], out_path: str | Path, *, smooth: int = 1) -> Path:
+    """Training curves of one or several runs (``runs``: name -> run directory or metrics.jsonl).
+
+    Panels: the objective (train ``loss`` solid, ``dev/loss`` dashed with markers; one colour per run),
+    the learning rate of every parameter group, and one panel per run with each loss term
+    (``term/<name>``, per response token, before its rate).
+    """
+    data = {}
+    for name, src in runs.items():
+        path = Path(src) / "metrics.jsonl" if Path(src).is_dir() else Path(src)
+        if not path.is_file():
+            raise DataError(f"{src}: no metrics.jsonl (is it a dwakd run directory?)")
+        data[name] = read_metrics(path)
+    if not data:
+        raise DataError("plot_run_curves: no runs given")
+    n_panels = 2 + len(data)
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = _figure(4.6 * cols, 3.4 * rows)
+    ax_loss, ax_lr = fig.add_subplot(rows, cols, 1), fig.add_subplot(rows, cols, 2)
+    for k, (name, recs) in enumerate(data.items()):
+        c = f"C{k % 10}"
+        x, y = _series(recs, "loss", "train")
+        if len(x):
+            ax_loss.plot(x, _moving_average(y, smooth), color=c, linewidth=1.4, label=_escape(f"{name} train"))
+        x, y = _series(recs, "dev/loss", "eval")
+        if len(x):
+            ax_loss.plot(x, y, color=c, linestyle="--", marker="o", markersize=3, label=_escape(f"{name} dev"))
+        lr_keys = sorted({key for r in recs for key in r if key.startswith("lr/")})
+        for j, key in enumerate(lr_keys):
+            x, y = _series(recs, key, "train")
+            if len(x):
+                ax_lr.plot(x, y, color=c, linestyle=["-", ":", "--", "-."][j % 4], linewidth=1.2,
+                           label=_escape(f"{name} {key[3:]}"))
+        ax = fig.add_subplot(rows, cols, 3 + k)
+        terms = sorted({key for r in recs for key in r if key.startswith("term/")})
+        for j, key in enumerate(terms):
+            x, y = _series(recs, key, "train")
+            if len(x):
+                ax.plot(x, _moving_average(y, smooth), color=f"C{j % 10}", linewidth=1.2, label=_escape(key[5:]))
+        ax.set_title(_escape(f"{name}: loss terms"))
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if terms:
+            ax.legend(fontsize=7)
+    ax_loss.set_title("objective per response token")
+    ax_lr.set_title("learning rate")
+    for ax in (ax_loss, ax_lr):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out_path)
 

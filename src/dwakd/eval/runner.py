@@ -20,6 +20,7 @@ the user turn (the ``prompt`` text when those fields are absent).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ from dwakd.eval.rouge import rouge_l_scores
 
 CHAT_MODES = ("auto", "on", "off")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EvalOptions:
@@ -54,6 +57,7 @@ class EvalOptions:
     dtype: str = "float32"
     autocast: str | None = None
     progress: bool = True
+    split: str = "test"
 
     def __post_init__(self) -> None:
         if self.chat_template not in CHAT_MODES:
@@ -71,12 +75,37 @@ class EvalOptions:
 
 # --- test sets -------------------------------------------------------------------------------
 
-def load_test_set(path: str | Path, limit: int | None = None) -> list[Record]:
-    """The records of a Dolly / Alpaca / MiniLLM / chat test set (:func:`dwakd.data.load_records`)."""
+def load_test_set(path: str | Path, limit: int | None = None, split: str = "test") -> list[Record]:
+    """The records of a test set in any source and format :func:`dwakd.data.load_records` reads
+    (``split``: for a DatasetDict folder or a hub dataset)."""
     try:
-        return load_records(path, limit=limit).records
+        records = load_records(path, limit=limit, split=split).records
     except FileNotFoundError as e:
         raise DataError(f"test set {path} does not exist") from e
+    if not records:
+        raise DataError(f"test set {path} holds no records (an empty file?); nothing to evaluate")
+    return records
+
+
+def drop_long_prompts(examples: list[Record], tokenizer, chat: bool, settings, model, set_name: str):
+    """Leave out examples whose (truncated) prompt fills the model's context window: no token could
+    be generated (a GPT-2 model would index past its positions). Returns (kept, number left out)."""
+    from dwakd.eval.generate import encode_prompt, model_max_positions
+
+    positions = model_max_positions(model)
+    if positions is None:
+        return examples, 0
+    prompts = format_prompts(examples, tokenizer, chat, settings.max_prompt_tokens)
+    keep = [ex for ex, p in zip(examples, prompts)
+            if len(encode_prompt(tokenizer, p, settings.max_prompt_tokens)) < positions]
+    n = len(examples) - len(keep)
+    if n:
+        log.warning("%s: %d of %d examples left out: their prompts (cut to --max-prompt-tokens %d) fill the model's "
+                    "%d positions, leaving no room to generate; lower --max-prompt-tokens below %d to keep them",
+                    set_name, n, len(examples), settings.max_prompt_tokens, positions, positions)
+    if not keep:
+        raise DataError(f"{set_name}: every prompt fills the model's {positions} positions; lower --max-prompt-tokens")
+    return keep, n
 
 
 def use_chat_template(tokenizer, mode: str) -> bool:
@@ -86,9 +115,10 @@ def use_chat_template(tokenizer, mode: str) -> bool:
     return has and mode != "off"
 
 
-def format_prompts(records: Sequence[Record], tokenizer, chat: bool) -> list[str]:
-    """The prompt text of each record (:func:`dwakd.data.format_prompt`; rules in the module doc)."""
-    return [format_prompt(r, tokenizer, chat_template=chat) for r in records]
+def format_prompts(records: Sequence[Record], tokenizer, chat: bool, max_tokens: int | None = None) -> list[str]:
+    """The prompt text of each record (:func:`dwakd.data.format_prompt`; rules in the module doc). With a
+    chat template, ``max_tokens`` shortens the user's content, never the template."""
+    return [format_prompt(r, tokenizer, chat_template=chat, max_tokens=max_tokens) for r in records]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -131,9 +161,10 @@ def spread(values: Mapping[int, float]) -> dict:
 
 
 def _set_name(path: Path, taken: set[str]) -> str:
-    name, k = path.stem, 2
+    stem = path.stem or str(path)
+    name, k = stem, 2
     while name in taken:
-        name, k = f"{path.stem}-{k}", k + 1
+        name, k = f"{stem}-{k}", k + 1
     return name
 
 
@@ -141,14 +172,18 @@ def _set_name(path: Path, taken: set[str]) -> str:
 
 def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Path], options: EvalOptions | None = None,
              *, name: str | None = None, model=None, tokenizer=None, teacher=None,
-             teacher_refs: Mapping[str, Sequence[str]] | None = None) -> dict:
+             teacher_refs: Mapping[str, Sequence[str]] | None = None, store=None) -> dict:
     """Evaluate one model on ``test_sets`` (paths, or ``{name: path}``); returns the results dict.
 
     ``model``/``tokenizer``: an already loaded pair (``model_spec`` is then only a label).
     ``teacher``: a spec or a loaded ``(model, tokenizer)``; its greedy answers become the
     agreement references. ``teacher_refs``: ``{set name: answers}`` computed earlier (skips the
     teacher run; answers must follow the test set order after ``limit``). The dict holds
-    ``samples`` (``{set: {seed: [text, ...]}}``) and ``teacher_answers`` for the writers.
+    ``samples`` (``{set: {seed: [text, ...]}}``), ``examples`` (prompts, references, per-example
+    ROUGE-L) and ``teacher_answers`` for the writers. ``store``: an :class:`~dwakd.eval.store.EvalStore`
+    that receives each finished (set, seed) as it ends and supplies the pieces finished before a
+    ``--resume``. Examples whose prompt leaves no room to generate in the model's context are
+    skipped, counted (``skipped_long_prompts``) and reported.
     """
     opts = options or EvalOptions()
     t_start = time.perf_counter()
@@ -167,9 +202,7 @@ def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Pa
         raise ConfigError("no test set given")
     seeds = (0,) if opts.generation.greedy else tuple(opts.seeds)
 
-    teacher_pair = None
-    if teacher is not None and not (teacher_refs and all(s in teacher_refs for s in sets)):
-        teacher_pair = teacher if isinstance(teacher, tuple) else load_pair(teacher, dtype=opts.dtype)
+    teacher_pair = None  # loaded when first needed (not at all when every answer is known)
 
     results: dict = {
         "model": str(model_spec),
@@ -178,28 +211,46 @@ def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Pa
         "options": opts.to_dict(),
         "sets": {},
         "samples": {},
+        "examples": {},
         "teacher_answers": {},
     }
     if teacher is not None:
         results["teacher"] = teacher if isinstance(teacher, str | Path) else "(given)"
     for set_name, path in sets.items():
-        examples = load_test_set(path, opts.limit)
-        prompts = format_prompts(examples, tokenizer, chat)
+        examples = load_test_set(path, opts.limit, opts.split)
+        examples, n_long = drop_long_prompts(examples, tokenizer, chat, opts.generation, model, set_name)
+        prompts = format_prompts(examples, tokenizer, chat, opts.generation.max_prompt_tokens)
         refs = [list(ex.references) for ex in examples]
         entry: dict = {"file": str(path), "n": len(examples)}
+        if n_long:
+            entry["skipped_long_prompts"] = n_long
         per_seed, samples, n_tokens, n_eos, gen_seconds = {}, {}, 0, 0, 0.0
+        scores_by_seed: dict = {}
         for seed in seeds:
+            got = store.done("seed", set_name, seed) if store is not None else None
+            if got is not None:  # finished before an interruption (--resume)
+                texts = store.samples(set_name, seed, len(examples))
+                scores = rouge_l_scores(texts, refs)
+                per_seed[seed], samples[seed], scores_by_seed[seed] = got["rougeL"], texts, scores
+                n_tokens += got["tokens"]
+                n_eos += got["eos"]
+                gen_seconds += got["seconds"]
+                continue
             label = f"{results['name']} {set_name} " + ("greedy" if opts.generation.greedy else f"seed {seed}")
             t0 = time.perf_counter()
             gens = generate(model, tokenizer, prompts, opts.generation, seed=seed,
                             keys=list(range(len(examples))), progress=label if opts.progress else False,
                             autocast_dtype=autocast)
-            gen_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
             texts = [g.text for g in gens]
-            per_seed[seed] = float(np.mean(rouge_l_scores(texts, refs)))
-            samples[seed] = texts
-            n_tokens += sum(len(g.token_ids) + int(g.stopped_at_eos) for g in gens)
-            n_eos += sum(g.stopped_at_eos for g in gens)
+            scores = rouge_l_scores(texts, refs)
+            per_seed[seed], samples[seed], scores_by_seed[seed] = float(np.mean(scores)), texts, scores
+            toks = sum(len(g.token_ids) + int(g.stopped_at_eos) for g in gens)
+            eos = sum(g.stopped_at_eos for g in gens)
+            n_tokens, n_eos, gen_seconds = n_tokens + toks, n_eos + eos, gen_seconds + seconds
+            if store is not None:
+                store.add_seed(set_name, seed, sample_rows(set_name, seed, prompts, refs, texts, scores),
+                               {"rougeL": per_seed[seed], "tokens": toks, "eos": eos, "seconds": seconds})
         entry["rougeL"] = spread(per_seed)
         entry["generation"] = {
             "seconds": gen_seconds,
@@ -211,28 +262,43 @@ def evaluate(model_spec, test_sets: Sequence[str | Path] | Mapping[str, str | Pa
         bpb_kw = dict(include_eos=opts.include_eos, max_prompt_tokens=opts.generation.max_prompt_tokens,
                       max_length=opts.generation.max_length, autocast_dtype=autocast)
         if opts.bpb:
-            t0 = time.perf_counter()
-            flat = [(p, ref) for p, rs in zip(prompts, refs) for ref in rs]  # every reference counts
-            entry["bpb"] = bits_per_byte(model, tokenizer, [f[0] for f in flat], [f[1] for f in flat],
-                                         **bpb_kw).to_dict()
-            entry["bpb"]["seconds"] = time.perf_counter() - t0
+            got = store.done("bpb", set_name) if store is not None else None
+            if got is not None:
+                entry["bpb"] = got["bpb"]
+            else:
+                t0 = time.perf_counter()
+                flat = [(p, ref) for p, rs in zip(prompts, refs) for ref in rs]  # every reference counts
+                entry["bpb"] = bits_per_byte(model, tokenizer, [f[0] for f in flat], [f[1] for f in flat],
+                                             **bpb_kw).to_dict()
+                entry["bpb"]["seconds"] = time.perf_counter() - t0
+                if store is not None:
+                    store.add("bpb", set_name, {"bpb": entry["bpb"]})
         if teacher is not None:
             if teacher_refs and set_name in teacher_refs:
                 answers = list(teacher_refs[set_name])
                 if len(answers) != len(examples):
                     raise ConfigError(f"teacher_refs['{set_name}'] has {len(answers)} answers for {len(examples)} examples")
+            elif store is not None and store.done("teacher", set_name) is not None:
+                answers = store.teacher_answers(set_name, len(examples))
             else:
+                if teacher_pair is None:
+                    teacher_pair = teacher if isinstance(teacher, tuple) else load_pair(teacher, dtype=opts.dtype)
                 t_model, t_tok = teacher_pair
-                t_prompts = format_prompts(examples, t_tok, use_chat_template(t_tok, opts.chat_template))
+                t_prompts = format_prompts(examples, t_tok, use_chat_template(t_tok, opts.chat_template),
+                                           opts.generation.max_prompt_tokens)
                 answers = teacher_answers(t_model, t_tok, t_prompts, opts.generation,
                                           progress=f"teacher answers {set_name}" if opts.progress else False,
                                           autocast_dtype=autocast)
+                if store is not None:
+                    store.add_teacher(set_name, answers)
             results["teacher_answers"][set_name] = answers
             agree = {"rougeL": spread(agreement_rouge(samples, answers))}
             agree["teacher_bpb"] = bits_per_byte(model, tokenizer, prompts, answers, **bpb_kw).to_dict()
             entry["agreement"] = agree
         results["sets"][set_name] = entry
         results["samples"][set_name] = {str(s): t for s, t in samples.items()}
+        results["examples"][set_name] = {"prompts": prompts, "references": refs,
+                                         "rougeL": {str(s): v for s, v in scores_by_seed.items()}}
     results["average"] = _average(results["sets"], seeds)
     results["timing"] = {"load_s": t_loaded - t_start, "total_s": time.perf_counter() - t_start}
     return results
@@ -261,84 +327,6 @@ def _average(sets: dict, seeds: Sequence[int]) -> dict:
     return avg
 
 
-# --- writers ---------------------------------------------------------------------------------
+# --- writers (kept importable from here) ------------------------------------------------------
 
-def _pm(stat: dict) -> str:
-    if len(stat.get("per_seed", {})) > 1:
-        return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-    return f"{stat['mean']:.2f}"
-
-
-def _num(x, fmt: str = "{:.3f}") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-def results_markdown(results: dict | Sequence[dict]) -> str:
-    """A Markdown table, one row per model: ROUGE-L per set and averaged (mean ± std over seeds),
-    bits per byte of the references (avg over sets), agreement with the teacher when present,
-    and generation throughput."""
-    rows = [results] if isinstance(results, Mapping) else list(results)
-    if not rows:
-        return ""
-    set_names: list[str] = []
-    for r in rows:
-        set_names += [s for s in r["sets"] if s not in set_names]
-    agree = any("agreement" in r["average"] for r in rows)
-    multi = len(set_names) > 1
-    head = ["model", *[f"{s} ROUGE-L" for s in set_names]]
-    if multi:
-        head.append("avg ROUGE-L")
-    head.append("ref bits/byte" + (" (avg)" if multi else ""))
-    if agree:
-        head += ["ROUGE-L vs teacher", "teacher-answer bits/byte"]
-    head.append("gen tokens/s")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in rows:
-        cells = [r.get("name", r.get("model", "?"))]
-        cells += [_pm(r["sets"][s]["rougeL"]) if s in r["sets"] else "–" for s in set_names]
-        avg = r["average"]
-        if multi:
-            cells.append(_pm(avg["rougeL"]))
-        cells.append(_num(avg.get("bpb")))
-        if agree:
-            a = avg.get("agreement")
-            cells += [_pm(a["rougeL"]) if a else "–", _num(a["teacher_bpb"]) if a else "–"]
-        cells.append(_num(avg.get("tokens_per_s"), "{:.0f}"))
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def protocol_note(results: dict) -> str:
-    """One line stating the decoding protocol and seeds behind a results dict."""
-    o = results["options"]
-    g = o["generation"]
-    how = "greedy" if g["greedy"] else (f"sampled (temperature {g['temperature']}, top_p {g['top_p']}, "
-                                        f"top_k {g['top_k']}), seeds {', '.join(map(str, o['seeds']))}")
-    cap = f", at most {g['max_new_tokens']} new tokens" if g.get("max_new_tokens") else ""
-    lim = f"; first {o['limit']} examples per set" if o.get("limit") else ""
-    return (f"ROUGE-L (%, rouge-score, stemmed, max over references): {how}; prompt <= {g['max_prompt_tokens']} "
-            f"tokens, total <= {g['max_length']}{cap}; prompts: {results['prompt_format']} template{lim}. "
-            "Bits/byte: -log2 p(reference + EOS | prompt) / UTF-8 bytes (lower is better).")
-
-
-def write_results(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.json`` (no samples), ``results.md``, ``samples.jsonl`` (set, seed, key,
-    text) and, with a teacher, ``teacher_answers.jsonl``; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    core = {k: v for k, v in results.items() if k not in ("samples", "teacher_answers")}
-    paths = {"json": out / "results.json", "md": out / "results.md", "samples": out / "samples.jsonl"}
-    paths["json"].write_text(json.dumps(core, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    paths["md"].write_text(results_markdown(results) + "\n" + protocol_note(results) + "\n", encoding="utf-8")
-    with open(paths["samples"], "w", encoding="utf-8") as fh:
-        for set_name, by_seed in results.get("samples", {}).items():
-            for seed, texts in by_seed.items():
-                for key, text in enumerate(texts):
-                    fh.write(json.dumps({"set": set_name, "seed": int(seed), "key": key, "text": text}) + "\n")
-    if results.get("teacher_answers"):
-        paths["teacher_answers"] = out / "teacher_answers.jsonl"
-        with open(paths["teacher_answers"], "w", encoding="utf-8") as fh:
-            for set_name, answers in results["teacher_answers"].items():
-                for key, text in enumerate(answers):
-                    fh.write(json.dumps({"set": set_name, "key": key, "text": text}) + "\n")
-    return paths
+from dwakd.eval.writers import protocol_note, results_markdown, sample_rows, write_results  # noqa: E402,F401

@@ -7,6 +7,7 @@ teacher's. Both are saved with ``save_pretrained`` so ``AutoModelForCausalLM`` /
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from dwakd.errors import ConfigError
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 TOKENIZER_KINDS = ("bpe", "unigram", "wordpiece")
 FAMILIES = ("llama", "gpt2")
+
+log = logging.getLogger(__name__)
 
 
 def train_tokenizer(texts: Iterable[str], *, kind: str = "bpe", vocab_size: int = 2000, add_bos: bool = False):
@@ -106,7 +109,14 @@ def build_student(spec: StudentSpec, texts: Iterable[str], out_dir: str | Path |
 
     if spec.family not in FAMILIES:
         raise ConfigError(f"student family '{spec.family}' is not one of {FAMILIES}")
+    texts = list(texts)
     tokenizer = train_tokenizer(texts, kind=spec.tokenizer_kind, vocab_size=spec.vocab_size, add_bos=spec.add_bos)
+    reached = len(tokenizer)
+    if reached < spec.vocab_size:
+        log.warning("the %s tokenizer trained on %d texts (%d characters) has %d tokens, not the requested %d: the "
+                    "texts hold too few distinct merges/pieces. The student uses %d (recorded as dwakd_requested_"
+                    "vocab_size / vocab_size in its config); give more training text for a larger vocabulary",
+                    spec.tokenizer_kind, len(texts), sum(len(t) for t in texts), reached, spec.vocab_size, reached)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -135,6 +145,7 @@ def build_student(spec: StudentSpec, texts: Iterable[str], out_dir: str | Path |
             tie_word_embeddings=spec.tie_embeddings,
             **ids,
         )
+    config.dwakd_requested_vocab_size = spec.vocab_size  # vocab_size holds the size actually reached
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config)
     if out_dir is not None:

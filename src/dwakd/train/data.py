@@ -47,7 +47,9 @@ def read_records(path: str, cfg: DwakdConfig, key: str) -> tuple[list, dict]:
     """Load instruction records from ``path`` -> ``(records, counts)``; format detection and the
     bad-record policy are the data layer's (its errors name file and line)."""
     try:
-        result = D.load_records(path, format=cfg.data.format, on_bad_record=cfg.data.on_bad_record)
+        split = cfg.data.split if key == "data.train" else cfg.data.dev_split
+        result = D.load_records(path, format=cfg.data.format, on_bad_record=cfg.data.on_bad_record, split=split,
+                                fields=cfg.data.fields)
     except FileNotFoundError as e:
         raise DataError(f"{where(cfg, key)}: data file {path} does not exist") from e
     counts = {"file": str(path), "format": result.format, "records": len(result.records), "skipped": result.skipped}

@@ -40,7 +40,7 @@ def make_accelerator(cfg: DwakdConfig):
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.train.ddp_find_unused_parameters)
     return Accelerator(
         mixed_precision="bf16" if resolve_bf16(cfg.train.bf16) else "no",
-        log_with=list(cfg.train.trackers) or None,
+        log_with=list(cfg.train.report_to) or None,
         project_dir=cfg.output_dir,
         kwargs_handlers=[ddp],
         step_scheduler_with_optimizer=False,

@@ -26,7 +26,6 @@ once (``KeyboardInterrupt``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import signal
 import time
@@ -35,26 +34,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
 from dwakd.config import DwakdConfig, config_to_dict, dump_config
 from dwakd.errors import DwakdError, TrainingInterrupted
 from dwakd.fsio import atomic_directory, fsync_file
+from dwakd.train.card import push_final, write_final_extras
 from dwakd.train.checkpoint import (
     CheckpointManager,
     TrainerState,
     nonfinite_parameters,
     student_state_dict,
 )
+from dwakd.train.console import console, dev_line, progress_postfix
 from dwakd.train.engine import Engine
 from dwakd.train.guards import StopFlag, storage_errors
 from dwakd.train.metrics import MetricsWriter, peak_memory_mb
 from dwakd.train.optim import current_lrs
 from dwakd.train.resume_rule import check_resume  # noqa: F401  (re-exported: dwakd.train.loop.check_resume)
-from dwakd.train.rundir import model_card
 from dwakd.train.sampler import StepPlan, eval_plan
 from dwakd.train.student import is_lora
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # accelerate.logging: the main process logs (every process computes the same)
 
 
 class NonFiniteLossError(DwakdError):
@@ -107,7 +108,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         t = cfg.train
         self.ckpt = CheckpointManager(self.run_dir, accelerator, keep_last_n=t.keep_last_n, keep_best_n=t.keep_best_n)
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", accelerator, trackers=bool(t.trackers))
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl", accelerator, trackers=bool(t.report_to))
         self.state = TrainerState(
             total_steps=total_steps, steps_per_epoch=plan.steps_per_epoch, world_size=accelerator.num_processes,
             global_batch=plan.global_batch, seed=t.seed,
@@ -318,9 +319,9 @@ class Trainer:
                 st.consecutive_bad_steps = 0
                 st.last_train_loss = out["loss"]
             self._log_train(st.global_step, out, force=st.global_step == stop)
-            bar.update(1)
             if "bad" not in out:
-                bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+                bar.set_postfix(progress_postfix(out), refresh=False)
+            bar.update(1)
             self._after_step(st.global_step, stop, spe)
             if self._stop_agreed or (self.acc.num_processes == 1 and self._stop.signum is not None):
                 self._interrupt(st.global_step)
@@ -361,6 +362,7 @@ class Trainer:
             ev = self.evaluate()
             st.dev_loss = ev["dev/loss"]
             self.metrics.log(gs, "eval", ev)
+            console(self.acc, dev_line(gs, self.total_steps, ev))
             if math.isfinite(st.dev_loss):
                 if self._would_be_best(st.dev_loss):
                     do_save = True
@@ -420,8 +422,10 @@ class Trainer:
                 else:
                     student.save_pretrained(tmp, state_dict=state_dict)
                 self.data.student_tokenizer.save_pretrained(tmp)
-                card = model_card(self.cfg, steps=self.state.global_step, examples=len(self.data.train),
-                                  metrics=self._summary(), best_checkpoint=str(best_ckpt) if best_ckpt else None, lora=lora)
-                (tmp / "README.md").write_text(card, encoding="utf-8")
+                write_final_extras(tmp, self.cfg, steps=self.state.global_step, examples=len(self.data.train),
+                                   metrics=self._summary(), best_checkpoint=str(best_ckpt) if best_ckpt else None,
+                                   lora=lora, vocab_size=len(self.data.student_tokenizer))
+            if t.push_to_hub:
+                push_final(final, self.cfg)
         acc.wait_for_everyone()
         return final

@@ -68,7 +68,12 @@ class MetricsWriter:
             fh.write(json.dumps(record) + "\n")
         if self.trackers:
             numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
-            self.accelerator.log({f"{kind}/{k}" if kind != "train" else k: v for k, v in numeric.items()}, step=step)
+            self.accelerator.log(tracker_values(kind, numeric), step=step)
+
+
+def tracker_values(kind: str, values: dict) -> dict:
+    """Tracker tag names: ``train/<key>`` and ``event/<key>``; dev keys already carry ``dev/`` (no ``eval/dev/``)."""
+    return {k if k.startswith("dev/") else f"{kind}/{k}": v for k, v in values.items()}
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:

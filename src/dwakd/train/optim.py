@@ -68,9 +68,13 @@ def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    """A ``LambdaLR`` applying :class:`CosineWithWarmup` to every group's peak lr."""
-    fn = CosineWithWarmup(total_steps, warmup_steps_for(cfg, total_steps), cfg.min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=fn)
+    """``transformers.get_scheduler("cosine_with_min_lr")``: linear warm-up from 0, then cosine from every
+    group's peak lr down to ``peak x train.min_lr_ratio`` (the same curve as :class:`CosineWithWarmup`)."""
+    from transformers import get_scheduler
+
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps_for(cfg, total_steps),
+                         num_training_steps=max(1, int(total_steps)),
+                         scheduler_specific_kwargs={"min_lr_rate": float(cfg.min_lr_ratio)})
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -139,7 +139,7 @@ def _train_locked(cfg, accelerator, data, plan, total, run_dir, method_cls, resu
     try:
         engine = build_engine(cfg, data, accelerator, method_cls, total)
         register_weight_hooks(accelerator)
-        if cfg.train.trackers:
+        if cfg.train.report_to:
             from dwakd.train.loop import flat_config
 
             accelerator.init_trackers(run_dir.name, config=flat_config(cfg))
@@ -173,5 +173,5 @@ def _train_locked(cfg, accelerator, data, plan, total, run_dir, method_cls, resu
         _status_for(rd, e, trainer)
         raise
     finally:
-        if cfg.train.trackers:
+        if cfg.train.report_to:
             accelerator.end_training()
