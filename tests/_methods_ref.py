@@ -38,18 +38,20 @@ def ref_divergence(kind, student_logits, teacher_logits, temperature=1.0, skew=0
     if kind == "tvd":
         return 0.5 * (q - p).abs().sum(-1)
     if kind == "akl":
+        # official adaptive_kl: q sorted ASCENDING; tail = the prefix whose cumulative mass (the entry
+        # included) is <= alpha; head = the rest
         out = []
         qd, pd = q.detach(), p.detach()  # the coefficients are constants
         for r in range(q.shape[0]):
-            order = sorted(range(q.shape[1]), key=lambda v: -float(qd[r, v]))
+            order = sorted(range(q.shape[1]), key=lambda v: float(qd[r, v]))
             mass, g_head, g_tail = 0.0, 0.0, 0.0
             for v in order:
                 gap = abs(float(qd[r, v]) - float(pd[r, v]))
-                if mass < alpha:
-                    g_head += gap
-                else:
-                    g_tail += gap
                 mass += float(qd[r, v])
+                if mass <= alpha:
+                    g_tail += gap
+                else:
+                    g_head += gap
             fkl = (q[r] * (lq[r] - lp[r])).sum()
             rkl = (p[r] * (lp[r] - lq[r])).sum()
             out.append((g_head * fkl + g_tail * rkl) / (g_head + g_tail))

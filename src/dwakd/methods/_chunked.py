@@ -33,10 +33,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dwakd.methods.divergences import _rowdot, check_kind, divergence_and_grad, log_probs
+from dwakd.methods.divergences import (
+    DEFAULT_CHUNK_ELEMENTS,
+    _rowdot,
+    check_kind,
+    divergence_and_grad,
+    log_probs,
+)
 
-# Rows x vocabulary entries per chunk (32 MiB of float32 per [chunk, V] buffer).
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
 # Fewest rows per chunk when a side is projected: every chunk streams the whole head weight (V x d)
 # through the matmul, so few rows per chunk make the projection memory-bound (measured on CPU:
 # 32 rows x 2048 x 152k costs as much as 128 rows). At V = 152k, 256 rows is a 156 MB buffer.

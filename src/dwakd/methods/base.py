@@ -12,14 +12,13 @@ response tokens in the whole optimizer step, so results do not depend on how a b
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dwakd.config.typed import Problems, build_dataclass
 from dwakd.errors import ConfigError
 
 
@@ -51,26 +50,48 @@ class LossTerms:
 
 @dataclass
 class MethodOptions:
-    """Base class of every method's options dataclass (TRL style: documented fields, defaults)."""
+    """Base class of every method's options dataclass.
+
+    Fields are declared with :func:`dwakd.config.typed.option` (help text, ``ge``/``gt``/``le``/``lt``
+    ranges) and typed with ``Literal[...]`` for choices, so the SAME typed builder as the rest of
+    the configuration converts and checks them (``gamma: 1e-1``, which YAML 1.1 reads as a string,
+    arrives as a float; an unknown key gets a suggestion; a bad choice names its ``file:line``).
+    ``validate`` is left for checks across fields.
+
+    Presets: a subclass may declare ``PRESETS = {name: {field: value}}`` and a ``preset`` field;
+    the chosen preset's values replace the defaults of every field the user did not set
+    explicitly (explicit values always win).
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any], *, where: str = "method") -> MethodOptions:
-        """Build from a plain dict, naming unknown keys (with a suggestion) and bad types."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
-                msg = f"unknown option '{where}.{key}' for {cls.__qualname__}"
-                if hint:
-                    msg += f"; did you mean '{hint[0]}'?"
-                msg += f" Known options: {', '.join(sorted(known))}"
-                raise ConfigError(msg)
-        obj = cls(**options)
-        obj.validate(where)
+    def from_dict(cls, options: dict[str, Any] | None, *, where: str = "method", method: str = "",
+                  problems: Problems | None = None) -> MethodOptions:
+        """Build from plain data (YAML or keyword arguments) with the typed config builder.
+
+        ``where``: the location used when ``problems`` carries no ``file:line`` for a key;
+        ``problems``: a :class:`~dwakd.config.typed.Problems` holding the config file's marks
+        (keys are ``method.<option>``). Raises :class:`ConfigError` listing every problem.
+        """
+        given = dict(options or {})
+        problems = problems if problems is not None else Problems(origin=where)
+        label = f"the options of method '{method}'" if method else f"the options of {cls.__qualname__}"
+        obj = build_dataclass(cls, given, "method", problems, section_label=label)
+        problems.raise_if_any()
+        preset = getattr(obj, "preset", None)
+        if preset is not None and cls.PRESETS:
+            for key, value in cls.PRESETS[preset].items():
+                if key not in given:
+                    setattr(obj, key, value)
+        try:
+            obj.validate("method")
+        except ConfigError as e:
+            raise ConfigError(f"{problems.where('method')}: {e}") from None
         return obj
 
     def validate(self, where: str = "method") -> None:
-        """Check value ranges; raise :class:`ConfigError` naming the field. Subclasses extend."""
+        """Checks across fields (single-field types and ranges are checked by the typed builder)."""
 
 
 class DistillMethod(nn.Module):

@@ -23,91 +23,53 @@ Defaults [I]: ``divergence: fkl`` (METHOD.md writes KL in both spaces), ``temper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from dwakd.errors import ConfigError
-from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, fused_rows
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.config.typed import option
+from dwakd.methods._chunked import RowSide, fused_rows
+from dwakd.methods.base import DistillMethod, LossTerms
 from dwakd.methods.cma import Alignment, Compact, CrossModelAttention, TokenAlignmentProjectors, compact
-from dwakd.methods.divergences import check_kind
+from dwakd.methods.divergences import Divergence, DivergenceOptions
 from dwakd.methods.projectors import init_logit_preserving_, shared_vocabulary
 
-PROJECTOR_INITS = ("default", "pinv")
-
-
 # ----------------------------------------------------------------------------- options
-def _check_positive(where: str, name: str, value, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where}.{name} must be a number {bound}, got {value!r}")
-
-
-def _check_choice(where: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}.{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+CMA_STD_HELP = (
+    "Scalar std of N(a) = a / std(a) in cross-model attention. response: over the teacher's response rows of the "
+    "micro-batch (default; independent of padding). padded-batch: the official DSKD value, over the whole padded "
+    "batch tensor (prompt and padding rows, whose token ids are replaced by 0 for the embeddings; the teacher's "
+    "hidden states at every position), so it changes with padding (2.6-5.7% larger on SmolLM2 batches). "
+    "padded-batch needs the teacher's hidden states at every position, so the teacher cache cannot serve it.")
 
 
 @dataclass
-class DualSpaceOptions(MethodOptions):
-    """Options shared by the dual-space methods (DSKD, DSKD-ETA, DWA-KD, DWA-KD-ETA).
+class DualSpaceOptions(DivergenceOptions):
+    """Options shared by the dual-space methods (DSKD, DSKD-ETA, DWA-KD, DWA-KD-ETA)."""
 
-    - ``divergence``: student-space D (fkl, rkl, skl, srkl, js, tvd, akl).
-    - ``teacher_divergence``: teacher-space D (KL = fkl in METHOD.md).
-    - ``temperature``: tau on both sides (no tau^2 factor).
-    - ``skew``: lambda of skl / srkl.  ``akl_alpha``: head mass of akl.
-    - ``projector_init``: ``default`` (PyTorch init) or ``pinv`` (logit-preserving least squares on
-      the shared vocabulary, applied when the trainer attaches the tokenizers).
-    - ``chunk_elements``: rows x vocabulary entries per chunk of the vocabulary-sized work.
-    """
-
-    divergence: str = "fkl"
-    teacher_divergence: str = "fkl"
-    temperature: float = 2.0
-    skew: float = 0.1
-    akl_alpha: float = 0.5
-    projector_init: str = "default"
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-
-    def validate(self, where: str = "method") -> None:
-        check_kind(self.divergence, field=f"{where}.divergence")
-        check_kind(self.teacher_divergence, field=f"{where}.teacher_divergence")
-        _check_positive(where, "temperature", self.temperature)
-        for name in ("skew", "akl_alpha"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
-        _check_choice(where, "projector_init", self.projector_init, PROJECTOR_INITS)
-        if not isinstance(self.chunk_elements, int) or isinstance(self.chunk_elements, bool) or self.chunk_elements < 1:
-            raise ConfigError(f"{where}.chunk_elements must be a positive integer, got {self.chunk_elements!r}")
+    divergence: Divergence = option("fkl", "Student-space divergence D(p_t->s || p_s): fkl, rkl, skl, srkl, js, tvd, akl.")
+    teacher_divergence: Divergence = option("fkl", "Teacher-space divergence D(p_t || p_s->t) (METHOD.md: KL = fkl).")
+    projector_init: Literal["default", "pinv"] = option(
+        "default", "default: PyTorch init; pinv: logit-preserving least squares on the shared vocabulary "
+        "(DSKDv2), applied when the trainer attaches the tokenizers.")
+    cma_std: Literal["response", "padded-batch"] = option("response", CMA_STD_HELP)
 
 
 @dataclass
 class DSKDOptions(DualSpaceOptions):
-    """DSKD options (see :class:`DualSpaceOptions`), plus:
+    """DSKD options (see :class:`DualSpaceOptions`)."""
 
-    - ``kd_rate``: ``a`` in ``(1 - a) CE + a (kd_stu + kd_tea + ce_t2s)``.
-    - ``argmax_mask``: keep DSKD's hard mask on ``kd_stu`` (positions where the projected teacher's
-      argmax equals the gold token).
-    """
-
-    kd_rate: float = 0.5
-    argmax_mask: bool = True
-
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        if not isinstance(self.kd_rate, (int, float)) or isinstance(self.kd_rate, bool) or not 0.0 <= self.kd_rate <= 1.0:
-            raise ConfigError(f"{where}.kd_rate must be a number in [0, 1], got {self.kd_rate!r}")
-        if not isinstance(self.argmax_mask, bool):
-            raise ConfigError(f"{where}.argmax_mask must be true or false, got {self.argmax_mask!r}")
+    kd_rate: float = option(0.5, "a in (1 - a) CE + a (kd_stu + kd_tea + ce_t2s).", ge=0, le=1)
+    argmax_mask: bool = option(True, "DSKD's hard mask on kd_stu: only positions where the projected "
+                               "teacher's argmax equals the gold token.")
 
 
 @dataclass
 class DSKDETAOptions(DSKDOptions):
     """DSKD-ETA options: as DSKD, with the logit-preserving projector init on by default."""
 
-    projector_init: str = "pinv"
+    projector_init: Literal["default", "pinv"] = option("pinv", "default: PyTorch init; pinv: logit-preserving "
+                                                        "least squares on the shared vocabulary (DSKDv2).")
 
 
 # ----------------------------------------------------------------------------- shared core

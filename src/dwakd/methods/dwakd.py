@@ -35,27 +35,23 @@ the 0/1 ETA matrix: penalty ``band_lambda`` wherever a pair is not aligned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from dwakd.align import soft_dtw_divergence
-from dwakd.errors import ConfigError
+from dwakd.config.typed import option
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import LossTerms
 from dwakd.methods.cma import Compact, compact, prefix_mask
+from dwakd.methods.divergences import Divergence
 from dwakd.methods.dskd import (
     DualSpaceMethod,
     DualSpaceOptions,
-    _check_choice,
-    _check_positive,
     dual_space_rows,
     eta_matrix,
 )
 from dwakd.methods.projectors import make_projector
-
-WEIGHTS = ("none", "entropy", "entropy+gate")
-DTW_TERMS = ("none", "hidden", "embed", "both")
-DTW_POSITIONS = ("response", "prefix")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -169,66 +165,57 @@ def band_penalty(
 
 
 # ----------------------------------------------------------------------------- options
+AUTHORS_CODE = {"band": False, "dtw_positions": "prefix", "dtw_teacher_grad": False, "cma_std": "padded-batch"}
+
+
 @dataclass
 class DWAKDOptions(DualSpaceOptions):
-    """DWA-KD options (plus :class:`~dwakd.methods.dskd.DualSpaceOptions`).
+    """DWA-KD options (plus :class:`~dwakd.methods.dskd.DualSpaceOptions`); METHOD.md sections 3-5.
 
-    - ``rate_ce`` / ``rate_wkd`` / ``rate_dtw``: 0.5 / 0.5 / 0.2 (METHOD.md section 5).
-    - ``weights``: ``none`` | ``entropy`` | ``entropy+gate`` (student space; teacher space uses its
-      confidence weights unless ``none``).
-    - ``gate_warmup_steps``: linear warm-up of the gate, ``g_eff = 1 - r + r g``, ``r = step / N``
-      (0 = off).
-    - ``dtw``: ``none`` | ``hidden`` | ``embed`` | ``both``.  ``dtw_positions``: ``response`` | ``prefix``.
-    - ``band`` with ``band_b``, ``band_beta``, ``band_alpha``, ``band_lambda`` (5, 2.0, 0.7, 1.0).
-    - ``gamma``: Soft-DTW smoothing; ``gamma_final``: anneal linearly to it over training (None = off).
-    - ``dtw_length_norm``: divide each sequence's nDTW by ``max(S, T)`` (off = the paper's raw sum).
+    Presets: ``paper`` (default) is the paper's reading; ``authors-code`` reproduces the authors'
+    fork: no band (its band code is dead), the projected teacher detached in both Soft-DTW terms
+    (t2s gets no Soft-DTW gradient, the embedding projector is never trained), prefix positions,
+    and (the fork inherits DSKD's CMA) the padded-batch std.
     """
 
-    divergence: str = "srkl"
-    teacher_divergence: str = "fkl"
-    temperature: float = 2.0
-    rate_ce: float = 0.5
-    rate_wkd: float = 0.5
-    rate_dtw: float = 0.2
-    weights: str = "entropy+gate"
-    gate_warmup_steps: int = 0
-    dtw: str = "both"
-    dtw_positions: str = "response"
-    band: bool = True
-    band_b: float = 5.0
-    band_beta: float = 2.0
-    band_alpha: float = 0.7
-    band_lambda: float = 1.0
-    gamma: float = 2.0
-    gamma_final: float | None = None
-    dtw_length_norm: bool = False
+    PRESETS = {"paper": {}, "authors-code": AUTHORS_CODE}
 
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        for name in ("rate_ce", "rate_wkd", "rate_dtw", "band_b", "band_beta", "band_lambda"):
-            _check_positive(where, name, getattr(self, name), allow_zero=True)
-        _check_choice(where, "weights", self.weights, WEIGHTS)
-        _check_choice(where, "dtw", self.dtw, DTW_TERMS)
-        _check_choice(where, "dtw_positions", self.dtw_positions, DTW_POSITIONS)
-        for name in ("band", "dtw_length_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(self, name)!r}")
-        a = self.band_alpha
-        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{where}.band_alpha must be a number in [0, 1], got {a!r}")
-        _check_positive(where, "gamma", self.gamma)
-        if self.gamma_final is not None:
-            _check_positive(where, "gamma_final", self.gamma_final)
-        g = self.gate_warmup_steps
-        if not isinstance(g, int) or isinstance(g, bool) or g < 0:
-            raise ConfigError(f"{where}.gate_warmup_steps must be an integer >= 0, got {g!r}")
+    preset: Literal["paper", "authors-code"] = option(
+        "paper", "paper: the paper's equations (band on, Soft-DTW gradients into the projectors, response positions). "
+        "authors-code: the authors' fork's loss (band off, projected teacher detached in Soft-DTW, prefix positions, "
+        "padded-batch CMA std). Explicit options override the preset.")
+    divergence: Divergence = option("srkl", "Student-space divergence D(p_t->s || p_s) (the reported runs: srkl for "
+                                    "GPT-2 students, akl for TinyLLaMA/OPT; fkl is the paper's KL).")
+    rate_ce: float = option(0.5, "Rate of the student's gold cross-entropy.", ge=0)
+    rate_wkd: float = option(0.5, "Rate of kd_stu, kd_tea and ce_t2s (L_WKD).", ge=0)
+    rate_dtw: float = option(0.2, "Rate of each Soft-DTW term (L_DTW).", ge=0)
+    weights: Literal["none", "entropy", "entropy+gate"] = option(
+        "entropy+gate", "Student-space token weights: none, entropy (renormalised H_s) or entropy+gate (times the "
+        "projected teacher's peak probability). The teacher space uses its confidence weights unless none.")
+    gate_warmup_steps: int = option(0, "Linear warm-up of the gate: g_eff = 1 - r + r g, r = step / N (0 = off).", ge=0)
+    dtw: Literal["none", "hidden", "embed", "both"] = option("both", "Soft-DTW terms: none, hidden (h_s vs P_t2s h_t), "
+                                                             "embed (e_s vs P_e e_t) or both.")
+    dtw_positions: Literal["response", "prefix"] = option(
+        "response", "Positions aligned by Soft-DTW: response (the paper) or prefix (the first n real tokens, n = response "
+        "length, as the authors' code; reads prompt positions, so the teacher cache cannot serve it).")
+    dtw_teacher_grad: bool = option(True, "Soft-DTW gradients flow into the projected teacher (P_t2s, P_e); false "
+                                    "detaches it in both terms, as the authors' fork.")
+    band: bool = option(True, "Add the soft band from the CMA attention to the Soft-DTW cross cost (bDTW).")
+    band_b: float = option(5.0, "Band base width b.", ge=0)
+    band_beta: float = option(2.0, "Band width per nat of attention entropy (beta).", ge=0)
+    band_alpha: float = option(0.7, "Band centre mix: alpha * attention centre + (1 - alpha) * diagonal.", ge=0, le=1)
+    band_lambda: float = option(1.0, "Penalty added outside the band (lambda).", ge=0)
+    gamma: float = option(2.0, "Soft-DTW smoothing gamma (1.0 for OPT in the authors' runs).", gt=0)
+    gamma_final: float | None = option(None, "Anneal gamma linearly to this value over training (null = off).", gt=0)
+    dtw_length_norm: bool = option(False, "Divide each sequence's nDTW by max(S, T) (off = the paper's raw sum).")
 
 
 @dataclass
 class DWAKDETAOptions(DWAKDOptions):
-    """DWA-KD-ETA options: as DWA-KD, with the logit-preserving projector init on by default."""
+    """DWA-KD-ETA options: as DWA-KD, with the logit-preserving projector init on by default (``cma_std`` unused)."""
 
-    projector_init: str = "pinv"
+    projector_init: Literal["default", "pinv"] = option("pinv", "default: PyTorch init; pinv: logit-preserving "
+                                                        "least squares on the shared vocabulary (DSKDv2).")
 
 
 # ----------------------------------------------------------------------------- method

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms
 from dwakd.methods.cma import compact
-from dwakd.methods.dskd import DualSpaceOptions
+from dwakd.methods.divergences import DivergenceOptions
 from dwakd.methods.sft import gold_cross_entropy
 
 CROSS_TOKENIZER_HINT = (
@@ -36,24 +37,12 @@ CROSS_TOKENIZER_HINT = (
 
 
 @dataclass
-class KDOptions(DualSpaceOptions):
-    """- ``kd_rate``: ``a``.  ``divergence``: D (fkl, rkl, skl, srkl, js, tvd, akl).
-    - ``temperature``, ``skew``, ``akl_alpha``: as for the dual-space methods.
-    - ``vocab_size``: the real shared vocabulary (logits are sliced to it); None = automatic.
-    (``teacher_divergence`` and ``projector_init`` are unused.)
-    """
+class KDOptions(DivergenceOptions):
+    """Options of :class:`SameTokenizerKD` (divergence, temperature, skew, akl_alpha as for every divergence)."""
 
-    kd_rate: float = 0.5
-    vocab_size: int | None = None
-
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        a = self.kd_rate
-        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{where}.kd_rate must be a number in [0, 1], got {a!r}")
-        v = self.vocab_size
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{where}.vocab_size must be a positive integer or null, got {v!r}")
+    kd_rate: float = option(0.5, "a in (1 - a) CE + a D(p_t || p_s).", ge=0, le=1)
+    vocab_size: int | None = option(None, "The real shared vocabulary (logits are sliced to it); null = automatic "
+                                    "(the smaller tokenizer once attached, else the smaller head).", ge=1)
 
 
 def _id_table(tok) -> list[str | None]:

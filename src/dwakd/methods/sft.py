@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dwakd.errors import ConfigError
+from dwakd.config.typed import option
 from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
 from dwakd.methods.cma import compact
@@ -16,14 +16,10 @@ from dwakd.methods.cma import compact
 
 @dataclass
 class SFTOptions(MethodOptions):
-    """- ``chunk_elements``: rows x vocabulary entries per chunk of the cross-entropy."""
+    """Options of :class:`SFT`."""
 
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-
-    def validate(self, where: str = "method") -> None:
-        c = self.chunk_elements
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise ConfigError(f"{where}.chunk_elements must be a positive integer, got {c!r}")
+    chunk_elements: int = option(DEFAULT_CHUNK_ELEMENTS, "Rows x vocabulary entries per chunk of the cross-entropy "
+                                 "(memory bound; results do not depend on it).", ge=1)
 
 
 def gold_cross_entropy(logits, side, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):

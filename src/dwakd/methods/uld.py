@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from dwakd.errors import ConfigError
+from dwakd.config.typed import option
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
 
 # Elements (positions x vocabulary) processed per chunk when ``chunk_positions`` is not set.
@@ -121,12 +121,6 @@ def gold_log_probs(logits: torch.Tensor, gold: torch.Tensor, temperature: float 
     return logp.gather(1, gold.unsqueeze(1)).squeeze(1)
 
 
-def check_rate(where: str, name: str, value: float, *, upper: float | None = None) -> None:
-    if not value >= 0 or (upper is not None and value > upper):
-        bound = f"[0, {upper}]" if upper is not None else ">= 0"
-        raise ConfigError(f"{where}.{name} must be {bound}, got {value!r}")
-
-
 # ----------------------------------------------------------------------------- ULD
 def sorted_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
     """``[n]`` float32: ``sum_k |sort(p_s)_k - sort(p_t)_k|`` per row, shorter vocabulary zero-padded.
@@ -144,28 +138,13 @@ def sorted_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 @dataclass
 class ULDOptions(MethodOptions):
-    """Options of :class:`ULD`.
+    """Options of :class:`ULD`."""
 
-    - ``kd_rate`` (0.5): the objective is ``(1 - kd_rate) * ce + kd_rate * uld_weight * uld``
-      (the DSKD code base convention the paper's baselines ran in; with 0.5 it is half of the ULD
-      paper's ``CE + lambda ULD``, a constant factor).
-    - ``uld_weight`` (1.0): lambda of the ULD paper [I]: METHOD.md does not state it.
-    - ``temperature`` (1.0): softmax temperature of both sides in the ULD term [I].
-    - ``chunk_positions`` (None): positions per chunk; None = about 2M vocabulary entries a chunk.
-    """
-
-    kd_rate: float = 0.5
-    uld_weight: float = 1.0
-    temperature: float = 1.0
-    chunk_positions: int | None = None
-
-    def validate(self, where: str = "method") -> None:
-        check_rate(where, "kd_rate", self.kd_rate, upper=1.0)
-        check_rate(where, "uld_weight", self.uld_weight)
-        if not self.temperature > 0:
-            raise ConfigError(f"{where}.temperature must be > 0, got {self.temperature!r}")
-        if self.chunk_positions is not None and self.chunk_positions < 1:
-            raise ConfigError(f"{where}.chunk_positions must be >= 1 or null, got {self.chunk_positions!r}")
+    kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate uld_weight uld (the DSKD code base convention; "
+                            "with 0.5 it is half of the ULD paper's CE + lambda ULD).", ge=0, le=1)
+    uld_weight: float = option(1.0, "lambda of the ULD paper [I] (METHOD.md does not state it).", ge=0)
+    temperature: float = option(1.0, "Softmax temperature of both sides in the ULD term [I].", gt=0)
+    chunk_positions: int | None = option(None, "Positions per chunk; null = about 2M vocabulary entries a chunk.", ge=1)
 
 
 class ULD(DistillMethod):
