@@ -240,3 +240,15 @@ def test_every_side_layout_matches_autograd(layout, temperature):
     torch.testing.assert_close(out.ce_q.double(), ce_q.detach(), **close)
     for t, t64 in zip(leaves, leaves64):
         torch.testing.assert_close(t.grad.double(), t64.grad, **close)
+
+
+@pytest.mark.parametrize("kind", ["rkl", "srkl"])
+def test_float32_gradients_within_1e5_of_float64_at_sharp_logits(kind):
+    # issue 11: at logit scale 4 the analytic float32 gradients must stay within 1e-5 of float64
+    for seed in range(3):
+        s = _logits(6, 4000, seed=100 + seed, scale=4.0).requires_grad_()
+        t = _logits(6, 4000, seed=200 + seed, scale=4.0)
+        token_divergence(kind, s, t, skew=0.1).sum().backward()
+        s64 = s.detach().double().requires_grad_()
+        ref_divergence(kind, s64, t, 1.0, 0.1, 0.5).sum().backward()
+        assert float((s.grad.double() - s64.grad).abs().max()) < 1e-5

@@ -50,7 +50,9 @@ def _grads(params):
 
 @pytest.mark.parametrize("name", ["dskd", "dskd-eta"])
 @pytest.mark.parametrize("opts", [dict(argmax_mask=False), dict(divergence="akl", teacher_divergence="rkl"),
-                                  dict(argmax_mask=True, temperature=1.0)])
+                                  dict(argmax_mask=True, temperature=1.0),
+                                  dict(cma_std="padded-batch", argmax_mask=False),
+                                  dict(cma_std="padded-batch", divergence="akl", akl_alpha=0.9)])
 def test_matches_float64_reference_values_and_gradients(name, opts):
     torch.manual_seed(0)
     s_model, t_model = stub_pair(seed=3)
@@ -204,3 +206,16 @@ def test_thirty_steps_reduce_the_loss_on_the_tiny_pair(name, tiny_student, tiny_
     losses = train_losses(method, student, teacher, batch, steps=30)
     assert all(map(lambda v: v == v, losses))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_official_padded_batch_std_depends_on_padding_and_the_default_does_not():
+    s_model, t_model = stub_pair(seed=7)
+    values = {}
+    for std in ("response", "padded-batch"):
+        for extra in (0, 4):
+            batch = synthetic_batch(extra_pad=extra)
+            torch.manual_seed(0)
+            method = build_method("dskd", s_model, t_model, argmax_mask=False, cma_std=std)
+            values[std, extra] = float(_run(method, s_model, t_model, batch).terms["ce_t2s"].detach())
+    assert values["response", 0] == pytest.approx(values["response", 4], rel=1e-6)
+    assert abs(values["padded-batch", 0] - values["padded-batch", 4]) > 1e-4 * abs(values["padded-batch", 0])

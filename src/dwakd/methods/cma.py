@@ -11,8 +11,13 @@ CMA, exactly as METHOD.md section 2 (``e`` = input-embedding lookup, inputs deta
 - ``Q = P_q([e_s(x_in); e_s(x_tgt)])``  (2 d_s -> 2 d_t)
 - ``K = N([e_t(y_in); e_t(y_tgt)])``,  ``V = P_t2s(N(h_t) + N(e_t(y_tgt)))``
 - ``N(a) = a / std(a)``: one scalar, the (unbiased) standard deviation of all entries of ``a``
-  **over the response positions of the whole micro-batch** [I] (the authors' code takes it over
-  the padded batch tensor, prompt and padding included; ours does not depend on padding).
+  **over the response positions of the whole micro-batch** [I] (default ``cma_std: response``,
+  independent of padding). ``cma_std: padded-batch`` reproduces the official DSKD value exactly:
+  the std over the whole padded batch tensor, prompt and padding rows included with their token
+  ids replaced by 0 for the embeddings (:func:`padded_batch_stds`).
+- Rows whose teacher response is empty (every score masked) are dropped here; the official code
+  keeps them with uniform attention over all teacher positions (their ``ce_t2s`` and ``kd_stu``
+  count). The data layer drops such records, so this differs only on hand-built batches.
 - ``scores = Q K^T / sqrt(2 d_t)`` restricted to student-response x teacher-response;
   ``A_ts = softmax`` over teacher positions, ``A_st = softmax(scores^T)`` over student positions.
 - ``h_t->s = A_ts V``  and  ``h_s->t = A_st P_s2t(h_s)``.
@@ -61,6 +66,12 @@ class Compact:
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, ...]`` -> ``[n, ...]``: the selected rows in order."""
         return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat)
+
+    def full_mask(self) -> torch.Tensor:
+        """``[B, L]`` bool: the selected positions (the mask this was built from)."""
+        out = torch.zeros(self.valid.shape[0] * self.width, dtype=torch.bool, device=self.flat.device)
+        out[self.flat] = True
+        return out.view(self.valid.shape[0], self.width)
 
     def scatter(self, rows: torch.Tensor) -> torch.Tensor:
         """``[n]`` -> ``[B, N]`` (zeros in padding slots)."""
@@ -112,15 +123,20 @@ class Alignment:
     t_aligned: torch.Tensor
 
 
-def batch_std_scale(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``x / std(x[valid])`` (one scalar over every entry of the valid rows; 1 if undefined or 0)."""
-    sel = x[valid]
-    if sel.numel() < 2:
-        return x
-    std = sel.float().std()
-    if not bool(torch.isfinite(std)) or float(std) == 0.0:
-        return x
-    return x / std.to(x.dtype)
+def masked_std(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased std (one detached float32 scalar) of every entry of ``x`` ``[B, L, d]`` in the rows ``valid`` ``[B, L]``
+    (all rows when ``None``); 1 where undefined (fewer than 2 entries) or 0. No host sync."""
+    xf = x.detach().float()  # a constant of the loss (the teacher side is never differentiated)
+    if valid is None:
+        valid = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    m = valid[..., None].to(xf.dtype)
+    n = m.sum() * x.shape[-1]
+    mean = (xf * m).sum() / n.clamp_min(1.0)
+    var = (((xf - mean) * m) ** 2).sum() / (n - 1.0).clamp_min(1.0)
+    std = var.sqrt()
+    ok = (n >= 2) & torch.isfinite(std) & (std > 0)
+    return torch.where(ok, std, torch.ones_like(std))
+
 
 
 def _masked_softmax(scores: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
@@ -147,16 +163,22 @@ class CrossModelAttention(nn.Module):
         self.t2s = make_projector(d_t, d_s, device=device)
         self.s2t = make_projector(d_s, d_t, device=device)
 
-    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact) -> Alignment:
+    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact, *, std: str = "response",
+                token0_embed: torch.Tensor | None = None) -> Alignment:
+        """``std``: ``response`` (default) or ``padded-batch`` (the official DSKD scalar, see
+        :func:`padded_batch_stds`; needs ``token0_embed``, the teacher's embedding of token id 0)."""
         dt = self.query.weight.dtype
         s_emb = torch.cat([s_comp.gather(student_out.input_embeds), s_comp.gather(student_out.target_embeds)], -1)
         t_in, t_tgt = t_comp.gather(teacher_out.input_embeds), t_comp.gather(teacher_out.target_embeds)
         t_hid = t_comp.gather(teacher_out.hidden)
         query = self.query(s_emb.detach().to(dt))  # [B, Ns, 2 e_t]
-        key = batch_std_scale(torch.cat([t_in, t_tgt], -1).detach().to(dt), t_comp.valid)
-        value_in = batch_std_scale(t_hid.detach().to(dt), t_comp.valid) + batch_std_scale(
-            t_tgt.detach().to(dt), t_comp.valid
-        )
+        if std == "padded-batch":
+            k_std, h_std, e_std = padded_batch_stds(teacher_out, t_comp, token0_embed)
+        else:
+            k_std = masked_std(torch.cat([t_in, t_tgt], -1), t_comp.valid)
+            h_std, e_std = masked_std(t_hid, t_comp.valid), masked_std(t_tgt, t_comp.valid)
+        key = torch.cat([t_in, t_tgt], -1).detach().to(dt) / k_std.to(dt)
+        value_in = t_hid.detach().to(dt) / h_std.to(dt) + t_tgt.detach().to(dt) / e_std.to(dt)
         value = self.t2s(value_in)  # [B, Nt, d_s]
         scores = query @ key.transpose(1, 2) / math.sqrt(2 * self.d_t)
         pair = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
@@ -171,6 +193,23 @@ class CrossModelAttention(nn.Module):
             s_aligned=s_comp.valid & t_comp.lengths[:, None].gt(0),
             t_aligned=t_comp.valid & s_comp.lengths[:, None].gt(0),
         )
+
+
+def padded_batch_stds(teacher_out, t_comp: Compact, token0_embed: torch.Tensor | None):
+    """The official DSKD scalars of N(a) = a / std(a), over the whole padded ``[B, T, .]`` teacher tensors.
+
+    - key: ``std([e_t(x_in'); e_t(x_tgt')])`` where ``x'`` = the token ids at response positions and 0
+      everywhere else (prompt and padding rows);
+    - target embeddings: ``std(e_t(x_tgt'))``;  hidden states: ``std(h_t)`` over every position.
+    All unbiased, over every entry; they depend on the batch's padding (that is the point of this mode).
+    """
+    if token0_embed is None:
+        raise ValueError("cma_std=padded-batch needs the teacher's embedding of token 0")
+    resp = t_comp.full_mask()[..., None]
+    e0 = token0_embed.reshape(1, 1, -1).to(teacher_out.target_embeds.dtype)
+    t_in = torch.where(resp, teacher_out.input_embeds, e0)
+    t_tgt = torch.where(resp, teacher_out.target_embeds, e0)
+    return masked_std(torch.cat([t_in, t_tgt], -1)), masked_std(teacher_out.hidden), masked_std(t_tgt)
 
 
 def eta_attention(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -203,7 +203,16 @@ class DualSpaceMethod(DistillMethod):
         if self.use_eta:
             matrix = eta_matrix(batch, s_comp, t_comp)
             return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp, matrix)
-        return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp)
+        return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp, std=self.options.cma_std,
+                                          token0_embed=self.token0_embed())
+
+    def token0_embed(self) -> torch.Tensor | None:
+        """The teacher's input embedding of token id 0 (only for ``cma_std: padded-batch``)."""
+        if self.options.cma_std != "padded-batch":
+            return None
+        emb = self.teacher_model.get_input_embeddings()
+        with torch.no_grad():
+            return emb(torch.zeros(1, dtype=torch.long, device=emb.weight.device)).reshape(-1)
 
 
 # ----------------------------------------------------------------------------- DSKD

@@ -280,11 +280,11 @@ class DWAKD(DualSpaceMethod):
         if o.dtw in ("hidden", "both"):
             x = s_pos.gather(student_out.hidden).to(dt)
             y = self.align.t2s(t_pos.gather(teacher_out.hidden).detach().to(dt))
-            pairs.append(("dtw_hidden", x, y))
+            pairs.append(("dtw_hidden", x, y if o.dtw_teacher_grad else y.detach()))
         if o.dtw in ("embed", "both"):
             x = s_pos.gather(student_out.target_embeds).to(dt)
             y = self.embed_proj(t_pos.gather(teacher_out.target_embeds).detach().to(dt))
-            pairs.append(("dtw_embed", x, y))
+            pairs.append(("dtw_embed", x, y if o.dtw_teacher_grad else y.detach()))
         penalty = self._band(align, s_comp, t_comp, matrix)
         use = (s_pos.lengths > 0) & (t_pos.lengths > 0)
         gamma = self.current_gamma()
@@ -317,7 +317,7 @@ class DWAKD(DualSpaceMethod):
             matrix = eta_matrix(batch, s_comp, t_comp)
             align = self.align(student_out, teacher_out, s_comp, t_comp, matrix)
         else:
-            align = self.align(student_out, teacher_out, s_comp, t_comp)
+            align = self.align(student_out, teacher_out, s_comp, t_comp, std=o.cma_std, token0_embed=self.token0_embed())
         rows = dual_space_rows(self, student_out, teacher_out, batch, s_comp, t_comp, align)
         w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, teacher_out.logits.shape[-1])
         n_tok = s_comp.valid.sum()

@@ -14,6 +14,16 @@ Which positions count as aligned (option ``match``) [I]: ``one_to_one`` (default
 token has exactly one DTW partner and that teacher token has no other student partner;
 ``single_teacher`` also accepts several student tokens sharing one teacher token.
 
+``preset: dskd-code`` reproduces the official DSKD criterion (the one the paper's MinED numbers ran
+with): temperature 2.0, DTW over the INPUT tokens at the response positions with the official
+tie order (``dtw_ties: teacher-first``), ``single_teacher`` AND ``student id == map(teacher id)``
+(``require_id_match``), many-to-one keeps the FIRST (lowest) teacher id (``many_to_one: first``).
+Remaining differences from the official code: the edit distance strips both ``Ġ`` and ``▁`` (and a
+WordPiece ``##``) on both sides, where the official code strips each tokenizer's own marker only
+(identical for GPT-2/Qwen/Llama tokens unless a token holds the other marker); the vocabulary map
+is dwakd's own (:func:`dwakd.align.build_vocab_map`) unless ``vocab_map_path`` loads the official
+``tea2stu_id_mapping`` (converted to a tensor).
+
 What the trainer must do (the method never sees tokenizers otherwise): call
 ``method.attach_tokenizers(student_tokenizer, teacher_tokenizer)`` once after building it
 (:func:`dwakd.train.engine.call_method_hooks` does). That builds (or
