@@ -94,6 +94,23 @@ class MethodOptions:
         """Checks across fields (single-field types and ranges are checked by the typed builder)."""
 
 
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a method reads from the teacher's :class:`~dwakd.models.outputs.ModelOutputs` (its declared
+    capability; the trainer picks the teacher runner from it and the cache says whether it can serve it).
+
+    - ``logits`` / ``hidden`` / ``embeddings``: which fields are read;
+    - ``positions``: ``response`` (only where ``batch.teacher.target_mask`` is True) or ``all``
+      (prompt and padding positions too); ``why``: the option that asks for ``all``.
+    """
+
+    logits: bool = True
+    hidden: bool = True
+    embeddings: bool = True
+    positions: str = "response"
+    why: str = ""
+
+
 class DistillMethod(nn.Module):
     """Base class. Subclasses set ``name``, ``description``, ``Options`` and implement ``forward``.
 
@@ -128,6 +145,14 @@ class DistillMethod(nn.Module):
     def teacher_head_weight(self) -> torch.Tensor:
         """``[V_t, d_t]`` frozen teacher LM-head weight."""
         return self._teacher_ref.get_output_embeddings().weight
+
+    def teacher_needs(self) -> TeacherNeeds | None:
+        """The teacher outputs this method reads (``None``: no teacher). Subclasses narrow it."""
+        return TeacherNeeds() if self.needs_teacher else None
+
+    @classmethod
+    def check_tokenizers(cls, student_tokenizer, teacher_tokenizer) -> None:
+        """Called before any model loads; raise :class:`ConfigError` for a tokenizer pair the method cannot use."""
 
     def attach_tokenizers(self, student_tokenizer, teacher_tokenizer) -> None:
         """Called once by the trainer before training (methods that need token strings override it)."""

@@ -29,7 +29,7 @@ import torch
 
 from dwakd.config.typed import option
 from dwakd.methods._chunked import RowSide, fused_rows
-from dwakd.methods.base import DistillMethod, LossTerms
+from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
 from dwakd.methods.cma import Alignment, Compact, CrossModelAttention, TokenAlignmentProjectors, compact
 from dwakd.methods.divergences import Divergence, DivergenceOptions
 from dwakd.methods.projectors import init_logit_preserving_, shared_vocabulary
@@ -205,6 +205,14 @@ class DualSpaceMethod(DistillMethod):
             return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp, matrix)
         return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp, std=self.options.cma_std,
                                           token0_embed=self.token0_embed())
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Logits, hidden states and embeddings at the response positions; every position with
+        ``cma_std: padded-batch`` (the official std runs over the whole padded tensor)."""
+        if not self.use_eta and self.options.cma_std == "padded-batch":
+            return TeacherNeeds(positions="all", why="method option cma_std=padded-batch reads the teacher's hidden "
+                                                  "states at every position")
+        return TeacherNeeds()
 
     def token0_embed(self) -> torch.Tensor | None:
         """The teacher's input embedding of token id 0 (only for ``cma_std: padded-batch``)."""

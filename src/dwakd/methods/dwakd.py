@@ -42,7 +42,7 @@ import torch
 from dwakd.align import soft_dtw_divergence
 from dwakd.config.typed import option
 from dwakd.methods._chunked import RowSide, fused_rows
-from dwakd.methods.base import LossTerms
+from dwakd.methods.base import LossTerms, TeacherNeeds
 from dwakd.methods.cma import Compact, compact, prefix_mask
 from dwakd.methods.divergences import Divergence
 from dwakd.methods.dskd import (
@@ -229,6 +229,13 @@ class DWAKD(DualSpaceMethod):
         if options.dtw in ("embed", "both"):
             self.embed_proj = make_projector(self.dims["e_t"], self.dims["e_s"], device=self.student_head_weight().device)
         self._step, self._total = 0, 0
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """As DSKD; every position also with ``dtw_positions: prefix`` (prompt positions are aligned)."""
+        if self.options.dtw != "none" and self.options.dtw_positions == "prefix":
+            return TeacherNeeds(positions="all", why="method option dtw_positions=prefix reads the teacher's prompt "
+                                                  "positions")
+        return super().teacher_needs()
 
     def set_progress(self, step: int, total_steps: int) -> None:
         self._step, self._total = int(step), int(total_steps)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
-from dwakd.methods.base import DistillMethod, LossTerms
+from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
 from dwakd.methods.cma import compact
 from dwakd.methods.divergences import DivergenceOptions
 from dwakd.methods.sft import gold_cross_entropy
@@ -57,6 +57,10 @@ class SameTokenizerKD(DistillMethod):
     name = "kd"
     description = "Classic logit KD for a teacher and student sharing one tokenizer"
     Options = KDOptions
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
 
     def __init__(self, student, teacher, options):
         super().__init__(student, teacher, options)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
 from dwakd.methods.uld import chunk_size_for, chunked_rows, gold_log_probs, rank_table, upcast
 
 DSKD_CODE = {"temperature": 2.0, "align_tokens": "input", "match": "single_teacher", "require_id_match": True,
@@ -145,6 +145,10 @@ class MinED(DistillMethod):
     name = "mined"
     description = "MinED (FuseLLM): edit-distance DTW token alignment and vocabulary map, KL where aligned"
     Options = MinEDOptions
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
 
     def __init__(self, student, teacher, options: MinEDOptions):
         super().__init__(student, teacher, options)

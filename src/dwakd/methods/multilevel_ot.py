@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dwakd.config.typed import option
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
 from dwakd.methods.uld import chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
 
 ZSCORE_EPS = 1e-8
@@ -116,6 +116,10 @@ class MultiLevelOT(DistillMethod):
     name = "multilevel-ot"
     description = "MultiLevelOT: z-scored top-k rank distributions, token-level abs/log costs and sequence-level Sinkhorn"
     Options = MultiLevelOTOptions
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: MultiLevelOTOptions = self.options

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dwakd.config.typed import option
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
 
 # Elements (positions x vocabulary) processed per chunk when ``chunk_positions`` is not set.
 DEFAULT_CHUNK_ELEMENTS = 1 << 21
@@ -157,6 +157,10 @@ class ULD(DistillMethod):
     name = "uld"
     description = "Universal Logit Distillation: L1 between sorted probability vectors, aligned by response start"
     Options = ULDOptions
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: ULDOptions = self.options
