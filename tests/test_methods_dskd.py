@@ -77,8 +77,8 @@ def test_matches_float64_reference_values_and_gradients(name, opts):
 
 
 def test_eta_aligns_identical_spans_and_eos_only():
-    from dwakd.methods.cma import compact
-    from dwakd.methods.dskd import eta_matrix
+    from dwakd.methods.dual_space import eta_matrix
+    from dwakd.methods.rows import compact
 
     batch = synthetic_batch(padding_side="left", extra_pad=2)
     m = eta_matrix(batch, compact(batch.student.target_mask), compact(batch.teacher.target_mask))

@@ -263,7 +263,7 @@ def test_gamma_annealing_and_gate_warmup_follow_set_progress():
     method = build_method("dwakd", s_model, t_model, gamma=2.0, gamma_final=0.5)
     method.set_progress(5, 10)
     assert method.current_gamma() == pytest.approx(1.25)
-    assert _run(method, s_model, t_model, batch).stats["gamma"] == pytest.approx(1.25)
+    assert float(_run(method, s_model, t_model, batch).stats["gamma"]) == pytest.approx(1.25)
     torch.manual_seed(0)
     warm = build_method("dwakd", s_model, t_model, gate_warmup_steps=10, dtw="none")
     torch.manual_seed(0)

@@ -29,13 +29,15 @@ class LossTerms:
     - ``terms``: name -> scalar tensor, a sum over response tokens (or sequences, for Soft-DTW).
     - ``rates``: name -> weight of that term in the objective (missing = 1.0).
     - ``n_tokens``: number of student response tokens in this micro-batch (the normaliser).
-    - ``stats``: floats for logging only (weight statistics, gamma, counts); never differentiated.
+    - ``stats``: scalar tensors (or floats) for logging only (weight statistics, gamma, counts); never
+      differentiated. Keep them tensors: the trainer moves every stat of a step to the host in ONE
+      sync, together with the loss terms.
     """
 
     terms: dict[str, torch.Tensor]
     n_tokens: torch.Tensor
     rates: dict[str, float] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
     def total(self) -> torch.Tensor:
         """``sum(rate * term)``: the micro-batch's contribution to the step's token-sum objective."""

@@ -38,71 +38,7 @@ from torch import nn
 
 from dwakd.errors import ConfigError
 from dwakd.methods.projectors import make_projector
-
-
-# ----------------------------------------------------------------------------- compaction
-@dataclass
-class Compact:
-    """Where the selected positions of a ``[B, L]`` mask sit, compacted to ``[B, N]``.
-
-    ``index`` ``[B, N]`` long positions (0 in padding slots), ``valid`` ``[B, N]`` bool,
-    ``lengths`` ``[B]`` long, ``flat`` ``[n]`` long indices into the flattened ``[B * L]`` tensor
-    (row-major, the same order as ``valid``'s True entries).
-    """
-
-    index: torch.Tensor
-    valid: torch.Tensor
-    lengths: torch.Tensor
-    flat: torch.Tensor
-    width: int  # L
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...]`` -> ``[B, N, ...]``, zeros (not junk) in padding slots."""
-        idx = self.index.view(*self.index.shape, *([1] * (x.dim() - 2))).expand(*self.index.shape, *x.shape[2:])
-        out = x.gather(1, idx)
-        keep = self.valid.view(*self.valid.shape, *([1] * (x.dim() - 2)))
-        return out.masked_fill(~keep, 0)
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...]`` -> ``[n, ...]``: the selected rows in order."""
-        return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat)
-
-    def full_mask(self) -> torch.Tensor:
-        """``[B, L]`` bool: the selected positions (the mask this was built from)."""
-        out = torch.zeros(self.valid.shape[0] * self.width, dtype=torch.bool, device=self.flat.device)
-        out[self.flat] = True
-        return out.view(self.valid.shape[0], self.width)
-
-    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[n]`` -> ``[B, N]`` (zeros in padding slots)."""
-        out = torch.zeros(self.valid.shape, dtype=rows.dtype, device=rows.device)
-        out[self.valid] = rows
-        return out
-
-
-def compact(mask: torch.Tensor) -> Compact:
-    """:class:`Compact` for a ``[B, L]`` bool mask (``N`` = max count, at least 1)."""
-    mask = mask.bool()
-    bsz, width = mask.shape
-    lengths = mask.sum(1)
-    n = max(int(lengths.max()) if bsz else 0, 1)
-    # stable sort puts the selected positions first, in order
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :n]
-    valid = torch.arange(n, device=mask.device)[None, :] < lengths[:, None]
-    index = torch.where(valid, order, 0)
-    b, pos = mask.nonzero(as_tuple=True)
-    return Compact(index, valid, lengths, b * width + pos, width)
-
-
-def prefix_mask(attention_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` bool: the first ``counts[b]`` real tokens of each sequence (``attention_mask`` = 1).
-
-    The authors' code takes the first ``n`` positions of the (right-padded) tensor; starting at
-    the first real token keeps this identical under right padding and padding-side invariant.
-    """
-    real = attention_mask.bool()
-    rank = torch.cumsum(real.long(), dim=1) - 1
-    return real & (rank < counts[:, None])
+from dwakd.methods.rows import Compact
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -121,6 +57,7 @@ class Alignment:
     h_s2t: torch.Tensor
     s_aligned: torch.Tensor
     t_aligned: torch.Tensor
+    matrix: torch.Tensor | None = None  # the 0/1 ETA matrix [B, Ns, Nt] (None for CMA)
 
 
 def masked_std(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -241,4 +178,5 @@ class TokenAlignmentProjectors(nn.Module):
             h_s2t=a_st @ self.s2t(h_s),
             s_aligned=matrix.bool().any(-1) & s_comp.valid,
             t_aligned=matrix.bool().any(1) & t_comp.valid,
+            matrix=matrix,
         )

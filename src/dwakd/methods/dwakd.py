@@ -41,17 +41,11 @@ import torch
 
 from dwakd.align import soft_dtw_divergence
 from dwakd.config.typed import option
-from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import LossTerms, TeacherNeeds
-from dwakd.methods.cma import Compact, compact, prefix_mask
 from dwakd.methods.divergences import Divergence
-from dwakd.methods.dskd import (
-    DualSpaceMethod,
-    DualSpaceOptions,
-    dual_space_rows,
-    eta_matrix,
-)
+from dwakd.methods.dual_space import DualSpaceMethod, DualSpaceOptions, DualSpaceStep
 from dwakd.methods.projectors import make_projector
+from dwakd.methods.rows import Compact, RowSide, compact, fused_rows, prefix_mask
 
 
 # ----------------------------------------------------------------------------- weights
@@ -263,17 +257,17 @@ class DWAKD(DualSpaceMethod):
         return entropy_weights(rows.entropy_s, s_mask, gate), confidence_weights(rows.entropy_t, t_mask, vocab_t)
 
     # -- soft-DTW --------------------------------------------------------------------------
-    def _band(self, align, s_comp, t_comp, matrix):
+    def _band(self, align, s_comp, t_comp):
         o = self.options
         if not o.band:
             return None
-        if matrix is not None:
+        if align.matrix is not None:  # DWA-KDv2: the band is the 0/1 ETA matrix
             valid = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
-            return o.band_lambda * ((matrix < 0.5) & valid).float()
+            return o.band_lambda * ((align.matrix < 0.5) & valid).float()
         return band_penalty(align.a_ts, s_comp.lengths, t_comp.lengths, b=o.band_b, beta=o.band_beta,
                             alpha=o.band_alpha, lam=o.band_lambda)
 
-    def _dtw_terms(self, student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats):
+    def _dtw_terms(self, student_out, teacher_out, batch, s_comp, t_comp, align, stats):
         o = self.options
         if o.dtw == "none":
             return {}
@@ -292,47 +286,34 @@ class DWAKD(DualSpaceMethod):
             x = s_pos.gather(student_out.target_embeds).to(dt)
             y = self.embed_proj(t_pos.gather(teacher_out.target_embeds).detach().to(dt))
             pairs.append(("dtw_embed", x, y if o.dtw_teacher_grad else y.detach()))
-        penalty = self._band(align, s_comp, t_comp, matrix)
-        use = (s_pos.lengths > 0) & (t_pos.lengths > 0)
+        penalty = self._band(align, s_comp, t_comp)
         gamma = self.current_gamma()
-        stats["gamma"] = gamma
-        stats["ndtw_negative"] = 0.0
-        if not bool(use.any()):
-            return {name: x.sum() * 0.0 for name, x, _ in pairs}
-        # One operator call for all alignments of equal feature size (METHOD.md section 9).
-        sel = use.nonzero().squeeze(1)
-        xs = torch.cat([x.index_select(0, sel) for _, x, _ in pairs])
-        ys = torch.cat([y.index_select(0, sel) for _, _, y in pairs])
-        x_mask = s_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
-        y_mask = t_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
-        pen = None if penalty is None else penalty.index_select(0, sel).repeat(len(pairs), 1, 1)
-        values = soft_dtw_divergence(xs, ys, gamma, x_mask=x_mask, y_mask=y_mask, cost="cosine", cross_penalty=pen)
+        stats["gamma"] = torch.tensor(gamma)
+        # One operator call for all alignments of equal feature size (METHOD.md section 9); an example
+        # with no position on one side gets the value 0 and no gradient from the operator.
+        k = len(pairs)
+        xs = torch.cat([x for _, x, _ in pairs])
+        ys = torch.cat([y for _, _, y in pairs])
+        pen = None if penalty is None else penalty.repeat(k, 1, 1)
+        values = soft_dtw_divergence(xs, ys, gamma, x_mask=s_pos.valid.repeat(k, 1), y_mask=t_pos.valid.repeat(k, 1),
+                                     cost="cosine", cross_penalty=pen)
         if o.dtw_length_norm:
-            longest = torch.maximum(s_pos.lengths, t_pos.lengths).index_select(0, sel).clamp_min(1)
-            values = values / longest.repeat(len(pairs)).to(values.dtype)
-        stats["ndtw_negative"] = float((values.detach() < 0).sum())
-        per = values.view(len(pairs), -1)
-        return {name: per[k].sum() for k, (name, _, _) in enumerate(pairs)}
+            longest = torch.maximum(s_pos.lengths, t_pos.lengths).clamp_min(1)
+            values = values / longest.repeat(k).to(values.dtype)
+        stats["ndtw_negative"] = (values.detach() < 0).sum()
+        per = values.view(k, -1)
+        return {name: per[n].sum() for n, (name, _, _) in enumerate(pairs)}
 
-    # -- forward ---------------------------------------------------------------------------
-    def forward(self, student_out, teacher_out, batch) -> LossTerms:
-        o = self.options
-        s_comp = compact(batch.student.target_mask)
-        t_comp = compact(batch.teacher.target_mask)
-        matrix = None
-        if self.use_eta:
-            matrix = eta_matrix(batch, s_comp, t_comp)
-            align = self.align(student_out, teacher_out, s_comp, t_comp, matrix)
-        else:
-            align = self.align(student_out, teacher_out, s_comp, t_comp, std=o.cma_std, token0_embed=self.token0_embed())
-        rows = dual_space_rows(self, student_out, teacher_out, batch, s_comp, t_comp, align)
-        w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, teacher_out.logits.shape[-1])
-        n_tok = s_comp.valid.sum()
-        stats = {
+    # -- the extension point of the dual-space toolkit ---------------------------------------
+    def combine(self, student_out, teacher_out, batch, step: DualSpaceStep) -> LossTerms:
+        o, rows, align = self.options, step.rows, step.align
+        w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, int(self.teacher_head_weight().shape[0]))
+        n_tok = step.s_comp.valid.sum()
+        stats = {  # tensors: the loop syncs once per step
             "w_s_mean": _masked_mean(w_s, align.s_aligned),
             "w_t_mean": _masked_mean(w_t, align.t_aligned),
             "gate_mean": _masked_mean(rows.gate, align.s_aligned),
-            "aligned_student_frac": float(align.s_aligned.sum() / n_tok.clamp_min(1)),
+            "aligned_student_frac": align.s_aligned.sum() / n_tok.clamp_min(1),
         }
         terms = {
             "ce": rows.ce.sum(),
@@ -341,15 +322,15 @@ class DWAKD(DualSpaceMethod):
             "ce_t2s": (rows.ce_t2s * align.s_aligned.float()).sum(),
         }
         rates = {"ce": o.rate_ce, "kd_stu": o.rate_wkd, "kd_tea": o.rate_wkd, "ce_t2s": o.rate_wkd}
-        for name, value in self._dtw_terms(student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats).items():
+        dtw = self._dtw_terms(student_out, teacher_out, batch, step.s_comp, step.t_comp, align, stats)
+        for name, value in dtw.items():
             terms[name] = value
             rates[name] = o.rate_dtw
         return LossTerms(terms=terms, n_tokens=n_tok, rates=rates, stats=stats)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    n = int(mask.sum())
-    return float((x.detach().float() * mask).sum() / n) if n else 0.0
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x.detach().float() * mask).sum() / mask.sum().clamp_min(1)
 
 
 class DWAKDETA(DWAKD):

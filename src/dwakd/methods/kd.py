@@ -27,9 +27,8 @@ from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
-from dwakd.methods.cma import compact
 from dwakd.methods.divergences import DivergenceOptions
-from dwakd.methods.sft import gold_cross_entropy
+from dwakd.methods.rows import compact, gold_cross_entropy
 
 CROSS_TOKENIZER_HINT = (
     "Use a cross-tokenizer method instead: dwakd, dwakd-eta, dskd, dskd-eta, uld, mined or multilevel-ot."
@@ -118,8 +117,8 @@ class SameTokenizerKD(DistillMethod):
         s_gold = batch.student.target_ids.reshape(-1).index_select(0, s_flat)
         t_gold = batch.teacher.target_ids.reshape(-1).index_select(0, t_flat)
         stats = {
-            "unpaired": float(s_comp.valid.sum() + t_comp.valid.sum() - 2 * paired.sum()),
-            "target_mismatch": float((s_gold != t_gold).sum()),
+            "unpaired": s_comp.valid.sum() + t_comp.valid.sum() - 2 * paired.sum(),
+            "target_mismatch": (s_gold != t_gold).sum(),
         }
         a = float(o.kd_rate)
         return LossTerms(

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
-from dwakd.methods.uld import chunk_size_for, chunked_rows, gold_log_probs, rank_table, upcast
+from dwakd.methods.rows import chunk_size_for, chunked_rows, gold_log_probs, rank_table, upcast
 
 DSKD_CODE = {"temperature": 2.0, "align_tokens": "input", "match": "single_teacher", "require_id_match": True,
              "many_to_one": "first", "dtw_ties": "teacher-first"}
@@ -296,7 +296,7 @@ class MinED(DistillMethod):
             terms={"ce": ce.sum(), "kd": kd.sum()},
             n_tokens=smask.sum(),
             rates={"ce": 1.0 - opts.kd_rate, "kd": opts.kd_rate},
-            stats={"mined_aligned_frac": float(aligned.float().mean()) if aligned.numel() else 0.0},
+            stats={"mined_aligned_frac": aligned.float().sum() / max(aligned.numel(), 1)},
         )
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from dwakd.config.typed import option
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
-from dwakd.methods.uld import chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
+from dwakd.methods.rows import chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
 
 ZSCORE_EPS = 1e-8
 
@@ -164,7 +164,7 @@ class MultiLevelOT(DistillMethod):
                 "ot_log": opts.kd_rate * opts.log_weight,
                 "ot_sinkhorn": opts.kd_rate * opts.sinkhorn_weight,
             },
-            stats={"ot_pairs": float(paired.sum())},
+            stats={"ot_pairs": paired.sum()},
         )
 
     @staticmethod

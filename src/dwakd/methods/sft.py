@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dwakd.config.typed import option
-from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.cma import compact
+from dwakd.methods.divergences import DEFAULT_CHUNK_ELEMENTS
+from dwakd.methods.rows import gold_cross_entropy
 
 
 @dataclass
@@ -20,15 +20,6 @@ class SFTOptions(MethodOptions):
 
     chunk_elements: int = option(DEFAULT_CHUNK_ELEMENTS, "Rows x vocabulary entries per chunk of the cross-entropy "
                                  "(memory bound; results do not depend on it).", ge=1)
-
-
-def gold_cross_entropy(logits, side, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
-    """``[n]`` CE of ``logits`` ``[B, L, V]`` against ``side.target_ids`` at the response positions."""
-    comp = compact(side.target_mask)
-    gold = side.target_ids.reshape(-1).index_select(0, comp.flat)
-    out = fused_rows(RowSide(logits.reshape(-1, logits.shape[-1]), index=comp.flat, targets=gold),
-                     chunk_elements=chunk_elements)
-    return out.ce_p, comp
 
 
 class SFT(DistillMethod):
