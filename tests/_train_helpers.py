@@ -61,7 +61,7 @@ class ToyKD(DistillMethod):
         n_s = smask.sum(1).clamp(min=1)
         n_t = tmask.sum(1).clamp(min=1)
         h_s = (student_out.hidden.float() * smask.unsqueeze(-1)).sum(1) / n_s.unsqueeze(-1)
-        h_t = (teacher_out.hidden.float() * tmask.unsqueeze(-1)).sum(1) / n_t.unsqueeze(-1)
+        h_t = (teacher_out.hidden.detach().float() * tmask.unsqueeze(-1)).sum(1) / n_t.unsqueeze(-1)
         proj = ((self.proj(h_t) - h_s.detach()) ** 2).sum(-1)
         proj = (proj * smask.sum(1)).sum()
         return LossTerms(

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _baselines_batches import outputs, pair, place_rows, side_from_ids
+from _methods_batches import outputs, pair, place_rows, side_from_ids
 from dwakd.methods import build_method
 
 S_STR = ["Ġthe", "Ġcat", "s", "Ġsat", "Ġon", "Ġa", "Ġmat", "."]

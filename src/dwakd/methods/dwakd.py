@@ -45,7 +45,7 @@ from dwakd.methods.base import LossTerms, TeacherNeeds
 from dwakd.methods.divergences import Divergence
 from dwakd.methods.dual_space import DualSpaceMethod, DualSpaceOptions, DualSpaceStep
 from dwakd.methods.projectors import make_projector
-from dwakd.methods.rows import Compact, RowSide, compact, fused_rows, prefix_mask
+from dwakd.methods.rows import compact, prefix_mask
 
 
 # ----------------------------------------------------------------------------- weights
@@ -63,15 +63,6 @@ def renorm_to_len(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, scaled, m)
 
 
-def _row_stats(logits: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None = None):
-    """Entropy of ``logits`` rows (and the peak probability of ``other``) at the masked positions."""
-    comp = compact(mask)
-    p = RowSide(logits.detach().reshape(-1, logits.shape[-1]), index=comp.flat)
-    q = None if other is None else RowSide(other.detach().reshape(-1, other.shape[-1]), index=comp.flat)
-    out = fused_rows(p, q, entropy_p=True, q_peak=q is not None)
-    return comp, out
-
-
 def entropy_weights(entropy: torch.Tensor, mask: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
     """Student weights from per-position entropies (and gate): ``renorm_to_len(H) * gate``."""
     w = renorm_to_len(entropy.detach().float(), mask)
@@ -86,32 +77,6 @@ def confidence_weights(entropy: torch.Tensor, mask: torch.Tensor, vocab_size: in
         return mask.float()
     conf = (1.0 - entropy.detach().float() / torch.log(torch.tensor(float(vocab_size)))).clamp(0.0, 1.0)
     return renorm_to_len(conf, mask)
-
-
-def student_weights(student_logits: torch.Tensor, t2s_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, S]`` student-space weights (METHOD.md section 3), detached, zero outside ``mask``.
-
-    ``student_logits`` ``[B, S, V_s]``; ``t2s_logits`` ``[B, S, V]`` the projected teacher's logits
-    (the gate is their peak probability); ``mask`` ``[B, S]`` the positions that take part.
-    """
-    with torch.no_grad():
-        comp, out = _row_stats(student_logits, mask, t2s_logits)
-        return entropy_weights(comp_to_full(comp, out.entropy_p), mask, comp_to_full(comp, out.q_peak))
-
-
-def teacher_weights(teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` teacher-space weights (METHOD.md section 3), detached, zero outside ``mask``;
-    ``V_t`` = ``teacher_logits.shape[-1]``."""
-    with torch.no_grad():
-        comp, out = _row_stats(teacher_logits, mask)
-        return confidence_weights(comp_to_full(comp, out.entropy_p), mask, teacher_logits.shape[-1])
-
-
-def comp_to_full(comp: Compact, rows: torch.Tensor) -> torch.Tensor:
-    """``[n]`` rows -> ``[B, L]`` at their original positions (zeros elsewhere)."""
-    out = torch.zeros(comp.valid.shape[0] * comp.width, dtype=rows.dtype, device=rows.device)
-    out[comp.flat] = rows
-    return out.view(comp.valid.shape[0], comp.width)
 
 
 # ----------------------------------------------------------------------------- band
