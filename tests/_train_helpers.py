@@ -52,7 +52,7 @@ class ToyKD(DistillMethod):
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         smask = batch.student.target_mask
         tmask = batch.teacher.target_mask
-        logp = F.log_softmax(student_out.logits.float(), dim=-1)
+        logp = F.log_softmax(student_out.full_logits().float(), dim=-1)
         gold = batch.student.target_ids.clamp(min=0)
         nll = -logp.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
         ce = (nll * smask).sum()

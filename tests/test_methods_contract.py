@@ -273,7 +273,7 @@ def test_no_method_module_imports_another_method_module():
     import ast
     from pathlib import Path
 
-    from dwakd.methods.registry import BUILTIN_METHODS, _REGISTRY
+    from dwakd.methods.registry import _REGISTRY, BUILTIN_METHODS
 
     root = Path(__file__).resolve().parents[1] / "src" / "dwakd" / "methods"
     method_modules = {_REGISTRY[n].split(":")[0] for n in BUILTIN_METHODS}
@@ -282,3 +282,46 @@ def test_no_method_module_imports_another_method_module():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not (imported & (method_modules - {module})), f"{module} imports {imported & method_modules}"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_hidden_rows_plus_head_equal_materialised_logits(name):
+    """``run_model(..., output_logits=False)`` hands methods hidden states + the head weight instead of
+    ``[B, L, V]`` logits: every term and every gradient (student body and head, projectors) must match."""
+    results = []
+    for lazy in (False, True):
+        s, t = _models(name, seed=11)
+        batch = _batch(name)
+        method = _build(name, s, t)
+        s_out = stub_outputs(s, batch.student)
+        with torch.no_grad():
+            t_out = stub_outputs(t, batch.teacher)
+        if lazy:
+            s_out = type(s_out)(None, s_out.hidden, s_out.input_embeds, s_out.target_embeds, s.head.weight)
+            t_out = type(t_out)(None, t_out.hidden, t_out.input_embeds, t_out.target_embeds, t.head.weight)
+        out = method(s_out, t_out if method.needs_teacher else None, batch)
+        out.total().backward()
+        grads = {f"s.{n}": p.grad.clone() for n, p in s.named_parameters() if p.grad is not None}
+        grads.update({f"m.{n}": p.grad.clone() for n, p in method.named_parameters() if p.grad is not None})
+        results.append(({k: float(v.detach()) for k, v in out.terms.items()}, grads))
+    (terms0, grads0), (terms1, grads1) = results
+    for k, v in terms0.items():
+        assert terms1[k] == pytest.approx(v, rel=1e-5, abs=1e-6), f"{name}.{k}"
+    assert set(grads0) == set(grads1) and "s.head.weight" in grads0
+    for k in grads0:
+        torch.testing.assert_close(grads1[k], grads0[k], rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("which", ["tiny_student", "tiny_teacher"])
+def test_run_model_without_logits_keeps_only_the_last_position(which, request):
+    from dwakd.models.outputs import run_model
+
+    model = request.getfixturevalue(which)[0]
+    side = synthetic_batch().student  # ids < 11: valid in both tiny vocabularies
+    with torch.no_grad():
+        full = run_model(model, side)
+        lazy = run_model(model, side, output_logits=False)
+    assert lazy.logits is None and lazy.head_weight is model.get_output_embeddings().weight
+    assert lazy.vocab_size == full.logits.shape[-1]
+    torch.testing.assert_close(lazy.hidden, full.hidden)
+    torch.testing.assert_close(lazy.full_logits(), full.logits, rtol=1e-5, atol=1e-5)

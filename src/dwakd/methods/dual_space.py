@@ -27,7 +27,7 @@ from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
 from dwakd.methods.cma import Alignment, CrossModelAttention, TokenAlignmentProjectors
 from dwakd.methods.divergences import Divergence, DivergenceOptions
 from dwakd.methods.projectors import init_logit_preserving_, shared_vocabulary
-from dwakd.methods.rows import Compact, compact, position_ranks
+from dwakd.methods.rows import Compact, compact, logit_side, position_ranks
 
 # ----------------------------------------------------------------------------- options
 CMA_STD_HELP = (
@@ -176,18 +176,16 @@ class DualSpaceMethod(DistillMethod):
         o = self.options
         w_s = self.student_head_weight().detach()
         w_t = self.teacher_head_weight().detach()
-        s_logits = student_out.logits
-        t_logits = teacher_out.logits.detach()
         gold_s = batch.student.target_ids.reshape(-1).index_select(0, s_comp.flat)
         stu = fused_rows(
-            RowSide(s_logits.reshape(-1, s_logits.shape[-1]), index=s_comp.flat, targets=gold_s),
+            logit_side(student_out, index=s_comp.flat, targets=gold_s),
             RowSide(align.h_t2s[s_comp.valid], weight=w_s, targets=gold_s),
             kind=o.divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
             entropy_p=True, q_peak=True, chunk_elements=o.chunk_elements,
         )
         tea = fused_rows(
             RowSide(align.h_s2t[t_comp.valid], weight=w_t),
-            RowSide(t_logits.reshape(-1, t_logits.shape[-1]), index=t_comp.flat),
+            logit_side(teacher_out, index=t_comp.flat, detach=True),
             kind=o.teacher_divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
             entropy_q=True, chunk_elements=o.chunk_elements,
         )

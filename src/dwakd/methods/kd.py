@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods._chunked import RowSide, fused_rows
+from dwakd.methods._chunked import fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
 from dwakd.methods.divergences import DivergenceOptions
-from dwakd.methods.rows import compact, gold_cross_entropy
+from dwakd.methods.rows import compact, gold_cross_entropy, logit_side
 
 CROSS_TOKENIZER_HINT = (
     "Use a cross-tokenizer method instead: dwakd, dwakd-eta, dskd, dskd-eta, uld, mined or multilevel-ot."
@@ -105,15 +105,13 @@ class SameTokenizerKD(DistillMethod):
         s_flat = (b * s_comp.width + widen(s_comp.index))[paired]
         t_flat = (b * t_comp.width + widen(t_comp.index))[paired]
         v = self.vocab
-        s_logits = student_out.logits[..., :v]
-        t_logits = teacher_out.logits.detach()[..., :v]
         kd = fused_rows(
-            RowSide(s_logits.reshape(-1, v), index=s_flat),
-            RowSide(t_logits.reshape(-1, v), index=t_flat),
+            logit_side(student_out, index=s_flat, vocab=v),
+            logit_side(teacher_out, index=t_flat, vocab=v, detach=True),
             kind=o.divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
             chunk_elements=o.chunk_elements,
         )
-        ce, _ = gold_cross_entropy(student_out.logits, batch.student, o.chunk_elements)
+        ce, _ = gold_cross_entropy(student_out, batch.student, o.chunk_elements)
         s_gold = batch.student.target_ids.reshape(-1).index_select(0, s_flat)
         t_gold = batch.teacher.target_ids.reshape(-1).index_select(0, t_flat)
         stats = {

@@ -47,7 +47,15 @@ import torch.nn.functional as F
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
-from dwakd.methods.rows import chunk_size_for, chunked_rows, gold_log_probs, rank_table, upcast
+from dwakd.methods.rows import (
+    chunk_size_for,
+    chunked_rows,
+    gold_log_probs,
+    rank_table,
+    row_source,
+    rows_to_logits,
+    upcast,
+)
 
 DSKD_CODE = {"temperature": 2.0, "align_tokens": "input", "match": "single_teacher", "require_id_match": True,
              "many_to_one": "first", "dtw_ties": "teacher-first"}
@@ -254,13 +262,13 @@ class MinED(DistillMethod):
                 "MinED has no vocabulary map: call method.attach_tokenizers(student_tokenizer, teacher_tokenizer) "
                 "once before training, or set the option vocab_map_path"
             )
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        (s_x, s_w), (t_x, t_w) = row_source(student_out), row_source(teacher_out, detach=True)
         smask, tmask = batch.student.target_mask.bool(), batch.teacher.target_mask.bool()
         n_s, n_t = smask.sum(1).tolist(), tmask.sum(1).tolist()
         partner = []
         for b, pairs in enumerate(self._pairs_for_batch(batch)):
             partner.extend(aligned_partner(pairs, n_s[b], n_t[b], opts.match))
-        device = s_logits.device
+        device = s_x.device
         s_batch, s_pos = smask.nonzero(as_tuple=True)
         j = torch.tensor(partner, dtype=torch.long, device=device)
         aligned = j >= 0
@@ -275,13 +283,15 @@ class MinED(DistillMethod):
             aligned = aligned & (mapped == s_id)
 
         gold = batch.student.target_ids[s_batch, s_pos]
-        zs = s_logits[s_batch, s_pos]
-        cols, dst = self._columns(device, t_logits.shape[-1], zs.shape[-1])
+        zs = s_x[s_batch, s_pos]  # logits rows, or hidden rows (logits formed per chunk)
+        v_s, v_t = student_out.vocab_size, teacher_out.vocab_size
+        cols, dst = self._columns(device, v_t, v_s)
         temp = opts.temperature
 
         def per_chunk(zs_c, tb_c, tp_c, gold_c, aligned_c):
             # teacher rows gathered per chunk (no grad); unaligned rows zeroed (never padding values)
-            zt_c = t_logits[tb_c, tp_c].masked_fill(~aligned_c.unsqueeze(1), 0)
+            zs_c = rows_to_logits(zs_c, s_w)
+            zt_c = rows_to_logits(t_x[tb_c, tp_c], t_w).masked_fill(~aligned_c.unsqueeze(1), 0)
             ce = -gold_log_probs(zs_c, gold_c)
             if temp == 1.0:
                 one_hot = ce
@@ -290,7 +300,7 @@ class MinED(DistillMethod):
             kl = mapped_kl(zs_c, gather_to_student_vocab(zt_c, cols, dst, zs_c.shape[-1]), temp)
             return ce, torch.where(aligned_c, kl, one_hot)
 
-        chunk = chunk_size_for(max(zs.shape[-1], t_logits.shape[-1]), opts.chunk_positions)
+        chunk = chunk_size_for(max(v_s, v_t), opts.chunk_positions)
         ce, kd = chunked_rows(per_chunk, zs, s_batch, t_pos, gold, aligned, chunk=chunk)
         return LossTerms(
             terms={"ce": ce.sum(), "kd": kd.sum()},

@@ -37,7 +37,15 @@ import torch.nn.functional as F
 
 from dwakd.config.typed import option
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
-from dwakd.methods.rows import chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
+from dwakd.methods.rows import (
+    chunk_size_for,
+    chunked_rows,
+    gold_log_probs,
+    response_rows,
+    row_source,
+    rows_to_logits,
+    upcast,
+)
 
 ZSCORE_EPS = 1e-8
 
@@ -123,27 +131,29 @@ class MultiLevelOT(DistillMethod):
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: MultiLevelOTOptions = self.options
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        (s_x, s_w), (t_x, t_w) = row_source(student_out), row_source(teacher_out, detach=True)
         smask, tmask = batch.student.target_mask.bool(), batch.teacher.target_mask.bool()
-        k = min(opts.top_k, s_logits.shape[-1], t_logits.shape[-1])
+        v_s, v_t = student_out.vocab_size, teacher_out.vocab_size
+        k = min(opts.top_k, v_s, v_t)
         temp = opts.temperature
 
         # student rows (with grad): gold CE and rank distributions
         rows = response_rows(smask, tmask)
-        zs = s_logits[rows.s_batch, rows.s_pos]
+        zs = s_x[rows.s_batch, rows.s_pos]  # logits rows, or hidden rows (logits formed per chunk)
         gold = batch.student.target_ids[rows.s_batch, rows.s_pos]
 
         def student_chunk(zs_c, gold_c):
+            zs_c = rows_to_logits(zs_c, s_w)
             return -gold_log_probs(zs_c, gold_c), topk_log_probs(zs_c, k, temp)
 
-        ce, lq_s = chunked_rows(student_chunk, zs, gold, chunk=chunk_size_for(zs.shape[-1], opts.chunk_positions))
+        ce, lq_s = chunked_rows(student_chunk, zs, gold, chunk=chunk_size_for(v_s, opts.chunk_positions))
 
         # teacher rows (no grad): every teacher response position, in order
         t_batch, t_pos = tmask.nonzero(as_tuple=True)
         with torch.no_grad():
             lq_t_all = chunked_rows(
-                lambda tb_c, tp_c: topk_log_probs(t_logits[tb_c, tp_c], k, temp),
-                t_batch, t_pos, chunk=chunk_size_for(t_logits.shape[-1], opts.chunk_positions),
+                lambda tb_c, tp_c: topk_log_probs(rows_to_logits(t_x[tb_c, tp_c], t_w), k, temp),
+                t_batch, t_pos, chunk=chunk_size_for(v_t, opts.chunk_positions),
             )
         # flat teacher row of each paired student row
         t_offsets = torch.cumsum(rows.n_teacher, 0) - rows.n_teacher

@@ -15,6 +15,11 @@ Computing over rows without ``[N, V]`` intermediates:
 - :func:`chunked_rows`: any other per-row function (sorted L1, top-k, vocabulary gathers), chunked
   under activation checkpointing, with :func:`chunk_size_for` as the chunk policy;
 - :func:`gold_cross_entropy`, :func:`gold_log_probs`, :func:`upcast`.
+
+Logits are never required at full ``[B, L, V]``: a model's outputs may carry ``logits=None`` and its
+``head_weight`` (:func:`dwakd.models.outputs.run_model` with ``output_logits=False``);
+:func:`logit_side` (for :func:`fused_rows`) and :func:`row_source` / :func:`rows_to_logits` (for
+:func:`chunked_rows`) work with either form.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, RowTerms, fu
 
 __all__ = [
     "Compact", "ResponseRows", "RowSide", "RowTerms", "chunk_size_for", "chunked_rows", "compact",
-    "fused_rows", "gold_cross_entropy", "gold_log_probs", "position_ranks", "prefix_mask", "rank_table",
-    "response_rows", "upcast",
+    "fused_rows", "gold_cross_entropy", "gold_log_probs", "logit_side", "position_ranks", "prefix_mask",
+    "rank_table", "response_rows", "row_source", "rows_to_logits", "upcast",
 ]
 
 # Elements (positions x vocabulary) per chunk of :func:`chunked_rows` when ``chunk_positions`` is not set
@@ -206,10 +211,43 @@ def gold_log_probs(logits: torch.Tensor, gold: torch.Tensor, temperature: float 
     return logp.gather(1, gold.unsqueeze(1)).squeeze(1)
 
 
-def gold_cross_entropy(logits, side, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
-    """``[n]`` CE of ``logits`` ``[B, L, V]`` against ``side.target_ids`` at the response positions."""
+def gold_cross_entropy(out, side, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+    """``[n]`` CE of a model's outputs ``out`` (:class:`~dwakd.models.outputs.ModelOutputs`, or bare
+    ``[B, L, V]`` logits) against ``side.target_ids`` at the response positions; ``(ce, compaction)``."""
     comp = compact(side.target_mask)
     gold = side.target_ids.reshape(-1).index_select(0, comp.flat)
-    out = fused_rows(RowSide(logits.reshape(-1, logits.shape[-1]), index=comp.flat, targets=gold),
-                     chunk_elements=chunk_elements)
-    return out.ce_p, comp
+    p = logit_side(out, index=comp.flat, targets=gold) if not torch.is_tensor(out) else \
+        RowSide(out.reshape(-1, out.shape[-1]), index=comp.flat, targets=gold)
+    return fused_rows(p, chunk_elements=chunk_elements).ce_p, comp
+
+
+# ----------------------------------------------------------------------------- logits without [B, L, V]
+def logit_side(out, *, index=None, targets=None, vocab: int | None = None, detach: bool = False) -> RowSide:
+    """A model's logits rows as a :func:`fused_rows` side: its materialised logits, or (when
+    ``out.logits`` is ``None``) its hidden rows plus its LM-head weight, so the logits of the selected
+    rows are computed chunk by chunk and never exist for every position (nor does their gradient).
+    ``vocab``: keep the first ``vocab`` logits only; ``detach``: a constant side (the teacher)."""
+    if out.logits is not None:
+        z = out.logits if vocab is None else out.logits[..., :vocab]
+        z = z.detach() if detach else z
+        return RowSide(z.reshape(-1, z.shape[-1]), index=index, targets=targets)
+    w = out.head_weight if vocab is None else out.head_weight[:vocab]
+    h = out.hidden
+    if detach:
+        h, w = h.detach(), w.detach()
+    return RowSide(h.reshape(-1, h.shape[-1]), weight=w, index=index, targets=targets)
+
+
+def row_source(out, *, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, weight)``: gather rows ``x[b, pos]`` and turn them into logits with :func:`rows_to_logits`
+    (``x`` = the logits when materialised, else the hidden states with ``weight`` = the LM head)."""
+    if out.logits is not None:
+        return (out.logits.detach() if detach else out.logits), None
+    if detach:
+        return out.hidden.detach(), out.head_weight.detach()
+    return out.hidden, out.head_weight
+
+
+def rows_to_logits(rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Logits of gathered rows (see :func:`row_source`); call inside a chunk of :func:`chunked_rows`."""
+    return rows if weight is None else rows.to(weight.dtype) @ weight.t()

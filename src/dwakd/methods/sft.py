@@ -29,5 +29,5 @@ class SFT(DistillMethod):
     Options = SFTOptions
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
-        ce, comp = gold_cross_entropy(student_out.logits, batch.student, self.options.chunk_elements)
+        ce, comp = gold_cross_entropy(student_out, batch.student, self.options.chunk_elements)
         return LossTerms(terms={"ce": ce.sum()}, n_tokens=comp.valid.sum(), rates={"ce": 1.0})

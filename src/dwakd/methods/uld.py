@@ -23,7 +23,15 @@ import torch.nn.functional as F
 
 from dwakd.config.typed import option
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
-from dwakd.methods.rows import chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
+from dwakd.methods.rows import (
+    chunk_size_for,
+    chunked_rows,
+    gold_log_probs,
+    response_rows,
+    row_source,
+    rows_to_logits,
+    upcast,
+)
 
 
 # ----------------------------------------------------------------------------- ULD
@@ -69,23 +77,24 @@ class ULD(DistillMethod):
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: ULDOptions = self.options
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        (s_x, s_w), (t_x, t_w) = row_source(student_out), row_source(teacher_out, detach=True)
         rows = response_rows(batch.student.target_mask, batch.teacher.target_mask)
         gold = batch.student.target_ids[rows.s_batch, rows.s_pos]
-        zs = s_logits[rows.s_batch, rows.s_pos]  # [N, V_s]
+        zs = s_x[rows.s_batch, rows.s_pos]  # [N, V_s] logits, or [N, d_s] hidden rows
         paired = rows.paired
         t_batch, t_pos = rows.s_batch, rows.t_pos.clamp(min=0)
         temp = opts.temperature
 
         def per_chunk(zs_c, tb_c, tp_c, gold_c, paired_c):
-            # teacher rows gathered per chunk (no grad); unpaired rows (teacher response shorter)
-            # are zeroed so no padding value can leak into the result
-            zt_c = t_logits[tb_c, tp_c].masked_fill(~paired_c.unsqueeze(1), 0)
+            # logits of this chunk only; teacher rows gathered per chunk (no grad); unpaired rows
+            # (teacher response shorter) are zeroed so no padding value can leak into the result
+            zs_c = rows_to_logits(zs_c, s_w)
+            zt_c = rows_to_logits(t_x[tb_c, tp_c], t_w).masked_fill(~paired_c.unsqueeze(1), 0)
             ce = -gold_log_probs(zs_c, gold_c)
             uld = torch.where(paired_c, sorted_l1(zs_c, zt_c, temp), 0.0)
             return ce, uld
 
-        chunk = chunk_size_for(max(zs.shape[-1], t_logits.shape[-1]), opts.chunk_positions)
+        chunk = chunk_size_for(max(student_out.vocab_size, teacher_out.vocab_size), opts.chunk_positions)
         ce, uld = chunked_rows(per_chunk, zs, t_batch, t_pos, gold, paired, chunk=chunk)
         n_tok = batch.student.target_mask.sum()
         return LossTerms(

@@ -23,5 +23,5 @@ class DistillModule(nn.Module):
         self.method = method
 
     def forward(self, batch, teacher_out: ModelOutputs | None) -> LossTerms:
-        student_out = run_model(self.student, batch.student)
+        student_out = run_model(self.student, batch.student, output_logits=False)  # methods work on hidden rows + head
         return self.method(student_out, teacher_out, batch)

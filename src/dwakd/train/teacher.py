@@ -79,4 +79,4 @@ class TeacherRunner:
             return None
         ctx = self.autocast() if self.autocast is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
-            return run_model(self.model, batch.teacher)
+            return run_model(self.model, batch.teacher, output_logits=False)

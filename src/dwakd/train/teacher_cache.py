@@ -39,7 +39,7 @@ import torch
 
 from dwakd.errors import DwakdError
 from dwakd.models.home import atomic_directory, dwakd_home
-from dwakd.models.outputs import ModelOutputs
+from dwakd.models.outputs import ModelOutputs, plain_head
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,9 @@ class TeacherCache:
                 raise TeacherCacheError(f"teacher cache {self.path}: an example has {rows.shape[0]} cached response "
                                         f"positions but the batch has {positions.numel()}; rebuild the cache")
             hidden[row, positions] = rows.to(device=device, dtype=torch.float32)
+        if plain_head(teacher) is not None:  # the methods form logits rows from hidden rows + head
+            return ModelOutputs(logits=None, hidden=hidden, input_embeds=emb(side.input_ids),
+                                target_embeds=emb(side.target_ids.clamp(min=0)), head_weight=head.weight)
         with torch.no_grad():
             # The head runs on the response rows only; other rows stay zero (no method reads them).
             weight = head.weight
