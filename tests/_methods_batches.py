@@ -7,6 +7,9 @@
 - :class:`StubLM`: embedding + a small body + an untied LM head, with the Hugging Face accessors a
   method uses (``get_input_embeddings`` / ``get_output_embeddings``). :func:`stub_outputs` runs
   it on a side into :class:`ModelOutputs`, so gradient routing can be checked parameter by parameter.
+- :func:`side_from_ids`, :func:`place_rows` (per-response-position logits rows with junk elsewhere),
+  :func:`outputs` (ModelOutputs around logits only) and :func:`collated_batch` serve the
+  logits-only baselines (ULD, MinED, MultiLevelOT).
 - :func:`real_batch` tokenizes Dolly records with the data layer (encode + collate) for the
   end-to-end checks; :func:`train_losses` runs AdamW steps of a method on one fixed batch.
 """
@@ -68,8 +71,8 @@ def random_rows(examples, feat, *, seed, scale=1.0, dtype=torch.float32):
     return [(torch.randn((len(p) + len(r), feat), generator=gen) * scale).to(dtype) for p, r in examples]
 
 
-def pair(student: SideBatch, teacher: SideBatch) -> PairBatch:
-    return PairBatch(student, teacher, [], {})
+def pair(student: SideBatch, teacher: SideBatch, responses=None, extras=None) -> PairBatch:
+    return PairBatch(student, teacher, list(responses or []), dict(extras or {}))
 
 
 class StubLM(nn.Module):
@@ -146,6 +149,52 @@ def train_losses(method, student, teacher, batch, *, steps=30, lr=3e-3):
         loss.backward()
         opt.step()
     return losses
+
+
+# ----------------------------------------------------------------------------- logits-only batches (baselines)
+def side_from_ids(side, examples, *, pad_id=0, padding_side="right", extra_pad=0, spans=None) -> SideBatch:
+    """:func:`side_batch` for examples whose prompt is non-empty (the first response token is predicted
+    from the prompt)."""
+    assert all(len(p) >= 1 for p, _ in examples), "give every example a prompt"
+    return side_batch(side, examples, pad_id=pad_id, padding_side=padding_side, extra_pad=extra_pad, spans=spans)
+
+
+def place_rows(side: SideBatch, rows, *, junk_seed=0, junk_scale=5.0):
+    """``[B, L, V]`` logits holding ``rows[b][k]`` at example ``b``'s k-th response position.
+
+    ``rows``: list (one per example) of ``[n_b, V]`` tensors, ``n_b`` = that example's number of
+    response positions. Every other position holds random junk (seeded by ``junk_seed``), so a
+    method that reads a non-response position gives a layout-dependent result.
+    """
+    bsz, width = side.target_mask.shape
+    vocab = rows[0].shape[-1]
+    gen = torch.Generator().manual_seed(junk_seed)
+    out = torch.randn((bsz, width, vocab), generator=gen, dtype=torch.float64) * junk_scale
+    out = out.to(rows[0].dtype)
+    for b in range(bsz):
+        pos = side.target_mask[b].nonzero().squeeze(1)
+        assert pos.numel() == rows[b].shape[0], f"example {b}: {pos.numel()} positions, {rows[b].shape[0]} rows"
+        out[b, pos] = rows[b]
+    return out
+
+
+def outputs(logits: torch.Tensor, hidden_size: int = 4) -> ModelOutputs:
+    """ModelOutputs around ``logits`` (hidden/embeddings are zeros: the baselines never read them)."""
+    bsz, width = logits.shape[:2]
+    z = torch.zeros((bsz, width, hidden_size), dtype=logits.dtype)
+    return ModelOutputs(logits=logits, hidden=z, input_embeds=z, target_embeds=z)
+
+
+def collated_batch(student_tok, teacher_tok, path, n, *, padding_side="right", max_length=256):
+    """A :class:`PairBatch` of the first ``n`` records of ``path`` through the real data layer
+    (:func:`dwakd.data.encode_record` + :func:`dwakd.data.collate_pairs`)."""
+    from dwakd.data import collate_pairs, encode_record
+    from dwakd.data import load_records as load_data
+
+    recs = load_data(str(path), limit=n)
+    encoded = [encode_record(r, student_tok, teacher_tok, max_length=max_length, max_prompt_length=max_length // 2)
+               for r in recs]
+    return collate_pairs([e for e in encoded if e is not None], student_tok, teacher_tok, padding_side=padding_side)
 
 
 # ----------------------------------------------------------------------------- a synthetic pair

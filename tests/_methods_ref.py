@@ -38,18 +38,20 @@ def ref_divergence(kind, student_logits, teacher_logits, temperature=1.0, skew=0
     if kind == "tvd":
         return 0.5 * (q - p).abs().sum(-1)
     if kind == "akl":
+        # official adaptive_kl: q sorted ASCENDING; tail = the prefix whose cumulative mass (the entry
+        # included) is <= alpha; head = the rest
         out = []
         qd, pd = q.detach(), p.detach()  # the coefficients are constants
         for r in range(q.shape[0]):
-            order = sorted(range(q.shape[1]), key=lambda v: -float(qd[r, v]))
+            order = sorted(range(q.shape[1]), key=lambda v: float(qd[r, v]))
             mass, g_head, g_tail = 0.0, 0.0, 0.0
             for v in order:
                 gap = abs(float(qd[r, v]) - float(pd[r, v]))
-                if mass < alpha:
-                    g_head += gap
-                else:
-                    g_tail += gap
                 mass += float(qd[r, v])
+                if mass <= alpha:
+                    g_tail += gap
+                else:
+                    g_head += gap
             fkl = (q[r] * (lq[r] - lp[r])).sum()
             rkl = (p[r] * (lp[r] - lq[r])).sum()
             out.append((g_head * fkl + g_tail * rkl) / (g_head + g_tail))
@@ -147,6 +149,14 @@ def ref_method(method, s_model, t_model, batch, outputs_fn, *, eta=False, dwakd=
     sd_k = torch.cat(k_rows).std()
     sd_h = torch.cat([to.hidden[b, t_pos[b]] for b in range(bsz)]).std()
     sd_e = torch.cat([to.target_embeds[b, t_pos[b]] for b in range(bsz)]).std()
+    if getattr(o, "cma_std", "response") == "padded-batch":
+        # the official DSKD normaliser: std over the whole padded [B, T, .] tensors; outside the
+        # response, input and target ids are replaced by token 0; hidden states at every position
+        emb_t = td.get_input_embeddings()
+        resp = batch.teacher.target_mask.bool()
+        e_in = emb_t(torch.where(resp, batch.teacher.input_ids, 0)).detach()
+        e_tgt = emb_t(torch.where(resp, batch.teacher.target_ids, 0)).detach()
+        sd_k, sd_e, sd_h = torch.cat([e_in, e_tgt], -1).std(), e_tgt.std(), to.hidden.std()
     zero = torch.zeros((), dtype=torch.float64)
     terms = {"ce": zero, "kd_stu": zero, "kd_tea": zero, "ce_t2s": zero}
     if dwakd and o.dtw in ("hidden", "both"):
@@ -226,10 +236,12 @@ def ref_method(method, s_model, t_model, batch, outputs_fn, *, eta=False, dwakd=
         if o.dtw_positions == "prefix":  # the first n real tokens of each sequence
             xp = batch.student.attention_mask[b].nonzero().squeeze(1)[:n_s]
             yp = batch.teacher.attention_mask[b].nonzero().squeeze(1)[:n_t]
+        # the authors' fork detaches the projected teacher in both Soft-DTW terms
+        keep = (lambda y: y) if o.dtw_teacher_grad else (lambda y: y.detach())
         if "dtw_hidden" in terms:
-            y = _lin(params, "align.t2s", to.hidden[b, yp])
+            y = keep(_lin(params, "align.t2s", to.hidden[b, yp]))
             terms["dtw_hidden"] = terms["dtw_hidden"] + ref_ndtw(so.hidden[b, xp], y, o.gamma, pen)
         if "dtw_embed" in terms:
-            y = _lin(params, "embed_proj", to.target_embeds[b, yp])
+            y = keep(_lin(params, "embed_proj", to.target_embeds[b, yp]))
             terms["dtw_embed"] = terms["dtw_embed"] + ref_ndtw(so.target_embeds[b, xp], y, o.gamma, pen)
     return terms, sd, params

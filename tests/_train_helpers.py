@@ -52,7 +52,7 @@ class ToyKD(DistillMethod):
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         smask = batch.student.target_mask
         tmask = batch.teacher.target_mask
-        logp = F.log_softmax(student_out.logits.float(), dim=-1)
+        logp = F.log_softmax(student_out.full_logits().float(), dim=-1)
         gold = batch.student.target_ids.clamp(min=0)
         nll = -logp.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
         ce = (nll * smask).sum()
@@ -61,7 +61,7 @@ class ToyKD(DistillMethod):
         n_s = smask.sum(1).clamp(min=1)
         n_t = tmask.sum(1).clamp(min=1)
         h_s = (student_out.hidden.float() * smask.unsqueeze(-1)).sum(1) / n_s.unsqueeze(-1)
-        h_t = (teacher_out.hidden.float() * tmask.unsqueeze(-1)).sum(1) / n_t.unsqueeze(-1)
+        h_t = (teacher_out.hidden.detach().float() * tmask.unsqueeze(-1)).sum(1) / n_t.unsqueeze(-1)
         proj = ((self.proj(h_t) - h_s.detach()) ** 2).sum(-1)
         proj = (proj * smask.sum(1)).sum()
         return LossTerms(

@@ -253,3 +253,72 @@ def test_tracker_needs_its_package(tmp_path, data_file):
         load_config(write(tmp_path, minimal(data_file)), ["train.trackers=[wandb]"])
     with pytest.raises(ConfigError, match="did you mean 'tensorboard'"):
         load_config(write(tmp_path, minimal(data_file)), ["train.trackers=[tensorbord]"])
+
+
+# ----------------------------------------------------------------------------- method options (typed)
+def test_method_option_in_exponent_notation_arrives_as_a_float(tmp_path, data_file):
+    from dwakd.methods import validate_method_options
+    from dwakd.train.checks import check_method
+
+    path = write(tmp_path, minimal(data_file).replace("name: dwakd", "name: dwakd\n  gamma: 1e-1\n  band_b: 3"))
+    cfg = load_config(path)
+    assert cfg.method.options["gamma"] == "1e-1"  # what YAML 1.1 hands over
+    check_method(cfg)
+    assert cfg.method.options == {"gamma": 0.1, "band_b": 3.0} and isinstance(cfg.method.options["gamma"], float)
+    assert yaml.safe_load(dump_config(cfg))["method"]["gamma"] == 0.1
+    opts = validate_method_options("dwakd", {"gamma": "1e-1"})
+    assert opts.gamma == 0.1 and opts.gamma > 0  # the old failure: '>' between 'str' and 'int'
+
+
+def test_unknown_method_option_gets_a_suggestion_with_its_line(tmp_path, data_file):
+    from dwakd.train.checks import check_method
+
+    path = write(tmp_path, minimal(data_file).replace("name: dwakd", "name: dwakd\n  gama: 1.0"))
+    with pytest.raises(ConfigError) as e:
+        check_method(load_config(path))
+    assert f"{path}:12" in str(e.value) and "did you mean 'gamma'" in str(e.value)
+
+
+def test_bad_method_choice_and_range_name_file_and_line(tmp_path, data_file):
+    from dwakd.train.checks import check_method
+
+    text = minimal(data_file).replace("name: dwakd", "name: dwakd\n  weights: entropy+gates\n  band_alpha: 1.5")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        check_method(load_config(path))
+    msg = str(e.value)
+    assert "2 problems" in msg
+    assert f"{path}:12: 'method.weights' must be one of 'none', 'entropy', 'entropy+gate'" in msg
+    assert "did you mean 'entropy+gate'" in msg
+    assert f"{path}:13: 'method.band_alpha' must be >= 0, <= 1, got 1.5" in msg
+    with pytest.raises(ConfigError, match=r"override 'method.divergence=kll'.*did you mean 'skl'"):
+        check_method(load_config(path, ["method.weights=none", "method.band_alpha=0.5", "method.divergence=kll"]))
+
+
+def test_presets_fill_only_the_options_left_unset():
+    from dwakd.methods import validate_method_options
+
+    o = validate_method_options("dwakd", {"preset": "authors-code"})
+    assert (o.band, o.dtw_positions, o.dtw_teacher_grad, o.cma_std) == (False, "prefix", False, "padded-batch")
+    o = validate_method_options("dwakd", {"preset": "authors-code", "band": True})
+    assert o.band is True and o.dtw_positions == "prefix"
+    o = validate_method_options("dwakd", {})
+    assert (o.band, o.dtw_positions, o.dtw_teacher_grad, o.cma_std) == (True, "response", True, "response")
+    m = validate_method_options("mined", {"preset": "dskd-code"})
+    assert (m.temperature, m.align_tokens, m.match, m.require_id_match, m.many_to_one) == (
+        2.0, "input", "single_teacher", True, "first")
+
+
+def test_every_method_option_is_documented_and_in_the_reference():
+    from dwakd.methods.registry import BUILTIN_METHODS, config_reference, method_class
+
+    reference = config_reference(BUILTIN_METHODS)
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+    assert reference.strip() in doc, "regenerate docs/CONFIG.md: dwakd train --print-config-reference"
+    for name in BUILTIN_METHODS:
+        cls = method_class(name).Options
+        assert f"### `{name}`" in reference
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{name}: option {f.name} has no help text"
+            tp = typing.get_type_hints(cls)[f.name]
+            assert tp is not typing.Any and tp not in (list, dict), f"{name}.{f.name} is untyped"

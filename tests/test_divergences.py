@@ -65,16 +65,21 @@ def test_tvd_bounds_and_akl_between_fkl_and_rkl():
     assert bool((akl >= lo - 1e-5).all()) and bool((akl <= hi + 1e-5).all())
 
 
-def test_akl_head_is_the_smallest_prefix_reaching_alpha():
-    # q = [0.5, 0.3, 0.2]: with alpha 0.6 the head is {0, 1} (0.5 < 0.6, 0.8 >= 0.6)
-    q = torch.tensor([[0.5, 0.3, 0.2]]).log()
-    p = torch.tensor([[0.2, 0.2, 0.6]]).log()
-    g_head = abs(0.5 - 0.2) + abs(0.3 - 0.2)
-    g_tail = abs(0.2 - 0.6)
-    fkl = float((q.exp() * (q - p)).sum())
-    rkl = float((p.exp() * (p - q)).sum())
+@pytest.mark.parametrize(("alpha", "tail"), [(0.6, (1, 2)), (0.2, (2,)), (0.1, ()), (0.9, (1, 2))])
+def test_akl_alpha_has_the_official_meaning(alpha, tail):
+    # official adaptive_kl: q ascending [0.2, 0.3, 0.5], cumulative [0.2, 0.5, 1.0]; the tail is the
+    # prefix with cumulative mass <= alpha. (The old dwakd reading put the 0.5 entry in the *head*
+    # prefix reaching alpha, i.e. it was akl(1 - alpha).) By hand, in float64:
+    q = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    p = torch.tensor([[0.2, 0.2, 0.6]], dtype=torch.float64)
+    gaps = (q - p).abs()[0].tolist()
+    g_tail = sum(gaps[v] for v in tail)
+    g_head = sum(gaps) - g_tail
+    fkl = float((q * (q.log() - p.log())).sum())
+    rkl = float((p * (p.log() - q.log())).sum())
     want = (g_head * fkl + g_tail * rkl) / (g_head + g_tail)
-    assert abs(float(token_divergence("akl", p, q, alpha=0.6)) - want) < 1e-5
+    got = float(token_divergence("akl", p.float().log(), q.float().log(), alpha=alpha))
+    assert abs(got - want) < 1e-5
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -235,3 +240,15 @@ def test_every_side_layout_matches_autograd(layout, temperature):
     torch.testing.assert_close(out.ce_q.double(), ce_q.detach(), **close)
     for t, t64 in zip(leaves, leaves64):
         torch.testing.assert_close(t.grad.double(), t64.grad, **close)
+
+
+@pytest.mark.parametrize("kind", ["rkl", "srkl"])
+def test_float32_gradients_within_1e5_of_float64_at_sharp_logits(kind):
+    # issue 11: at logit scale 4 the analytic float32 gradients must stay within 1e-5 of float64
+    for seed in range(3):
+        s = _logits(6, 4000, seed=100 + seed, scale=4.0).requires_grad_()
+        t = _logits(6, 4000, seed=200 + seed, scale=4.0)
+        token_divergence(kind, s, t, skew=0.1).sum().backward()
+        s64 = s.detach().double().requires_grad_()
+        ref_divergence(kind, s64, t, 1.0, 0.1, 0.5).sum().backward()
+        assert float((s.grad.double() - s64.grad).abs().max()) < 1e-5

@@ -55,7 +55,7 @@ def test_registry_errors_name_the_problem():
     s, t = StubLM(V_S, 6), StubLM(V_S, 8)
     with pytest.raises(ConfigError, match="needs a teacher"):
         build_method("dwakd", s, None)
-    with pytest.raises(ConfigError, match="unknown option 'method \\(kd\\).temp'"):
+    with pytest.raises(ConfigError, match="method 'kd': unknown key 'method.temp' in the options of method 'kd'; did you mean 'temperature'"):
         build_method("kd", s, t, temp=2.0)
 
 
@@ -109,21 +109,6 @@ def test_kd_matches_reference_values_and_gradients(opts):
     out.total().backward()
     (0.5 * kd + 0.5 * ce).backward()
     torch.testing.assert_close(s_logits.grad.double(), s64.grad, rtol=1e-4, atol=1e-6)
-
-
-def test_kd_padding_side_and_extra_padding_leave_terms_unchanged():
-    s_model, t_model = StubLM(V_S, 6, seed=1), StubLM(V_S, 8, seed=2)
-    results = []
-    for side, extra, junk in (("right", 0, 1), ("left", 4, 2)):
-        batch = synthetic_batch(teacher=SAME_TOKENIZER_TEACHER, padding_side=side, extra_pad=extra)
-        s_out = placed_outputs(batch.student, STUDENT_EXAMPLES, V_S, 6, seed=1, junk_seed=junk)
-        t_out = placed_outputs(batch.teacher, SAME_TOKENIZER_TEACHER, V_S, 8, seed=2, junk_seed=junk + 9)
-        for name in ("kd", "sft"):
-            method = build_method(name, s_model, t_model)
-            results.append({f"{name}.{k}": float(v.detach()) for k, v in method(s_out, t_out, batch).terms.items()})
-    merged = [{**results[0], **results[1]}, {**results[2], **results[3]}]
-    for k, v in merged[0].items():
-        assert merged[1][k] == pytest.approx(v, rel=1e-6), k
 
 
 def test_kd_with_identical_teacher_and_student_is_zero_with_zero_gradient():

@@ -16,7 +16,7 @@ from dwakd.train.teacher_cache import (
     TeacherCache,
     TeacherCacheError,
     build_cache_for_config,
-    cache_supported,
+    cache_can_serve,
     locate_cache,
     teacher_fingerprint,
 )
@@ -55,7 +55,7 @@ def test_cached_teacher_gives_the_live_loss(home, tmp_path, tiny_teacher_dir, ti
     cache = TeacherCache.load(summary["path"], fingerprint=teacher_fingerprint(tiny_teacher_dir, data.teacher_tokenizer))
     torch.manual_seed(0)
     method = build_method("dwakd", student, teacher)
-    assert cache_supported(method) is None
+    assert cache_can_serve(method.teacher_needs()) is None
     batch = data.collate(list(range(8)))
     with torch.no_grad():
         live = run_model(teacher, batch.teacher)
@@ -65,7 +65,7 @@ def test_cached_teacher_gives_the_live_loss(home, tmp_path, tiny_teacher_dir, ti
     # Independent check of what the cache rebuilt: the live teacher's hidden states and logits on
     # response positions, within bf16 rounding of the stored hidden states.
     assert torch.allclose(cached.hidden[mask], live.hidden[mask], atol=2e-2, rtol=1e-2)
-    assert torch.allclose(cached.logits[mask], live.logits[mask].float(), atol=5e-2, rtol=2e-2)
+    assert torch.allclose(cached.full_logits()[mask], live.logits[mask].float(), atol=5e-2, rtol=2e-2)
     assert torch.equal(cached.target_embeds, live.target_embeds)
     loss_live = method(s_out, live, batch)
     loss_cached = method(s_out, cached, batch)
@@ -105,7 +105,9 @@ def test_cache_for_other_data_is_refused(home, tmp_path, tiny_teacher_dir, tiny_
 
 def test_prefix_positions_refuse_the_cache(tiny_teacher, tiny_student):
     method = build_method("dwakd", tiny_student[0], tiny_teacher[0], dtw_positions="prefix")
-    assert "prefix" in cache_supported(method)
+    assert "prefix" in cache_can_serve(method.teacher_needs())
+    method = build_method("dskd", tiny_student[0], tiny_teacher[0], cma_std="padded-batch")
+    assert "padded-batch" in cache_can_serve(method.teacher_needs())
 
 
 def test_training_reads_the_cache_when_present(home, tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path,

@@ -77,11 +77,13 @@ def _split_remainder(args) -> None:
 
 
 def run(args) -> int:
-    from dwakd.config import describe_config, load_config
+    from dwakd.config import load_config
 
     _split_remainder(args)
     if args.print_config_reference:
-        print(describe_config())
+        from dwakd.methods.registry import config_reference
+
+        print(config_reference())
         return 0
     if not args.config:
         from dwakd.errors import ConfigError

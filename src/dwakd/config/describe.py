@@ -6,7 +6,7 @@ import dataclasses
 import typing
 
 from dwakd.config.schema import DwakdConfig
-from dwakd.config.typed import type_name
+from dwakd.config.typed import range_text, type_name
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -37,3 +37,35 @@ def describe_config() -> str:
     for key, tp, default, help_ in _rows(DwakdConfig, ""):
         lines.append(f"| `{key}` | {tp} | `{default}` | {help_} |")
     return "\n".join(lines)
+
+
+def describe_method_options(methods: dict[str, tuple[str, type]]) -> str:
+    """One Markdown table per method: its options (written flat under ``method:``), with presets.
+
+    ``methods``: name -> (one-line description, Options dataclass). Passed in by
+    :func:`dwakd.methods.registry.config_reference` (the config layer never imports the methods).
+    """
+    out = ["## Method options",
+           "",
+           "Written flat under `method:` next to `name` (`method: {name: dwakd, gamma: 1.0}`) or as "
+           "`method.gamma=1.0` on the command line. Types, choices and ranges are checked before any "
+           "model loads."]
+    for name, (description, cls) in methods.items():
+        out += ["", f"### `{name}`", "", description + "."]
+        presets = getattr(cls, "PRESETS", {}) or {}
+        if presets:
+            out.append("")
+            out.append("Presets (`preset:`; explicit options override them):")
+            for pname, values in presets.items():
+                shown = ", ".join(f"`{k}: {v!r}`" for k, v in values.items()) or "the defaults below"
+                out.append(f"- `{pname}`: {shown}")
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        if not fields:
+            out += ["", "No options."]
+            continue
+        out += ["", "| option | type | default | range | meaning |", "|---|---|---|---|---|"]
+        for f in fields:
+            out.append(f"| `{f.name}` | {type_name(hints[f.name])} | `{_default(f)}` | {range_text(f.metadata)} | "
+                       f"{f.metadata.get('help', '')} |")
+    return "\n".join(out)

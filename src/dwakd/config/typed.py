@@ -8,11 +8,59 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal, Union
 
 from dwakd.errors import ConfigError
+
+
+def did_you_mean(word: Any, candidates: Iterable[Any]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""``: the one suggestion helper of dwakd
+    (config keys, Literal values, method names, method options)."""
+    options = [str(c) for c in candidates]
+    close = difflib.get_close_matches(str(word), options, n=1)
+    if not close and len(str(word)) >= 3:  # an abbreviation: 'temp' -> 'temperature'
+        close = [o for o in options if o.startswith(str(word))][:1]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, ge=None, gt=None,  # noqa: A002
+           le=None, lt=None):
+    """A documented dataclass field (TRL style) with an optional range, checked by :func:`build_dataclass`.
+
+    ``help`` is rendered by ``describe``; ``ge``/``gt``/``le``/``lt`` bound a number (``None`` values
+    are never range-checked). Choices are written as ``Literal[...]`` types.
+    """
+    meta = {"help": help}
+    for key, bound in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)):
+        if bound is not None:
+            meta[key] = bound
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_BOUNDS = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+           ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b))
+
+
+def range_text(meta) -> str:
+    """``">= 0, <= 1"`` for a field's range metadata (``""`` when it has none)."""
+    return ", ".join(f"{sym} {meta[key]}" for key, sym, _ in _BOUNDS if key in meta)
+
+
+def check_range(value: Any, meta, key: str, problems: Problems) -> None:
+    """Record a problem when a number is outside the field's ``ge``/``gt``/``le``/``lt`` bounds (or NaN)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    bad = [sym + " " + str(meta[k]) for k, sym, ok in _BOUNDS if k in meta and not ok(value, meta[k])]
+    if isinstance(value, float) and math.isnan(value) and range_text(meta):
+        bad = [range_text(meta)]
+    if bad:
+        problems.add(key, f"'{key}' must be {range_text(meta)}, got {value!r}")
 
 
 class Problems:
@@ -118,10 +166,14 @@ def _coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
             raise _Mismatch
         (arg,) = typing.get_args(tp) or (Any,)
         return [_coerce(arg, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise _Mismatch
         return dict(value)
+    if tp is list:
+        if not isinstance(value, list):
+            raise _Mismatch
+        return list(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Mismatch
@@ -129,10 +181,7 @@ def _coerce(tp: Any, value: Any, key: str, problems: Problems) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not a user error
 
 
-def _hint(bad: Any, options) -> str:
-    options = [str(o) for o in options]
-    close = difflib.get_close_matches(str(bad), options, n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+_hint = did_you_mean
 
 
 def coerce_field(tp: Any, value: Any, key: str, problems: Problems) -> Any:
@@ -162,21 +211,24 @@ def _literal_args(tp: Any) -> list:
     return []
 
 
-def build_dataclass(cls: type, data: dict[str, Any], prefix: str, problems: Problems):
-    """Build ``cls`` from ``data``: unknown keys (with a suggestion) and wrong types become problems."""
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str, problems: Problems, *,
+                    section_label: str | None = None):
+    """Build ``cls`` from ``data``: unknown keys (with a suggestion), wrong types and out-of-range
+    numbers become problems. ``section_label`` names the section in unknown-key messages."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
-            section = f"section '{prefix}'" if prefix else "the top level"
+            section = section_label or (f"section '{prefix}'" if prefix else "the top level")
             problems.add(dotted, f"unknown key '{dotted}' in {section}{_hint(key, known)} "
                                  f"(known keys: {', '.join(known)})")
             continue
         converted = coerce_field(hints[key], value, dotted, problems)
         if converted is not None or value is None:
             kwargs[key] = converted
+            check_range(converted, known[key].metadata, dotted, problems)
     return cls(**kwargs)
 
 

@@ -33,10 +33,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dwakd.methods.divergences import _rowdot, check_kind, divergence_and_grad, log_probs
+from dwakd.methods.divergences import (
+    DEFAULT_CHUNK_ELEMENTS,
+    _rowdot,
+    check_kind,
+    divergence_and_grad,
+    log_probs,
+)
 
-# Rows x vocabulary entries per chunk (32 MiB of float32 per [chunk, V] buffer).
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
 # Fewest rows per chunk when a side is projected: every chunk streams the whole head weight (V x d)
 # through the matmul, so few rows per chunk make the projection memory-bound (measured on CPU:
 # 32 rows x 2048 x 152k costs as much as 128 rows). At V = 152k, 256 rows is a 156 MB buffer.
@@ -81,21 +85,41 @@ class RowTerms:
 
 
 @dataclass
-class _Plan:
-    p: RowSide
-    q: RowSide | None
-    kind: str | None
+class _Div:
+    """The divergence ``D(q || p)`` to compute."""
+
+    kind: str
     temperature: float
     skew: float
     alpha: float
-    want_entropy_p: bool
-    want_entropy_q: bool
-    want_q_peak: bool
+
+
+@dataclass
+class _Side:
+    """One side as the op runs it: its rows, what to compute on it, how its input gradient is formed."""
+
+    rows: RowSide
+    name: str  # "p" or "q": the suffix of its outputs (ce_p, entropy_q, gx_ce_p, ...)
+    entropy: bool  # entropy at temperature 1
+    peak: bool  # max probability and argmax at temperature 1 (the q side)
+    precompute: bool  # projected side, head without grad: input gradients computed in the forward
+    unique: bool  # every index appears once: gradients are copied, not accumulated
+
+    @property
+    def wants_stats(self) -> bool:
+        return self.rows.targets is not None or self.entropy or self.peak
+
+
+@dataclass
+class _Plan:
+    p: _Side
+    q: _Side | None
+    div: _Div | None
     chunk: int
-    p_unique: bool  # every index of a side appears once: gradients are copied, not accumulated
-    q_unique: bool
-    p_pre: bool  # projected side whose input gradients are computed in the forward
-    q_pre: bool
+
+    @property
+    def temperature(self) -> float:
+        return self.div.temperature if self.div is not None else 1.0
 
 
 # ----------------------------------------------------------------------------- chunk helpers
@@ -130,75 +154,72 @@ def _ce_grad_(prob: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor) ->
     return prob.mul_(scale[:, None])
 
 
-def _side_stats(trip, targets, sl: slice, out, *, ce_key, entropy_key=None, peak=False) -> None:
+def _side_stats(trip, side: _Side, sl: slice, out) -> None:
     """Temperature-1 statistics of one side's chunk into ``out``."""
     logp1, prob1, valid = trip
-    if targets is not None:
-        out[ce_key][sl] = torch.where(valid, _ce(logp1, targets[sl]), 0.0)
-    if entropy_key is not None:
-        out[entropy_key][sl] = torch.where(valid, -_rowdot(prob1, logp1), 0.0)
-    if peak:
+    if side.rows.targets is not None:
+        out[f"ce_{side.name}"][sl] = torch.where(valid, _ce(logp1, side.rows.targets[sl]), 0.0)
+    if side.entropy:
+        out[f"entropy_{side.name}"][sl] = torch.where(valid, -_rowdot(prob1, logp1), 0.0)
+    if side.peak:
         top, arg = logp1.max(-1)
         out["q_peak"][sl] = torch.where(valid, top.exp(), 0.0)
         out["q_argmax"][sl] = arg
 
 
-def _side_forward(side, plan, sl, out, *, want_tau, stats_kw, pre_ce_key):
-    """One side of a forward chunk: temperature-1 stats (and, for a precomputed projected side, its
-    CE gradient), then the temperature-tau triple if ``want_tau``. Returns ``(tau_trip, pending)``,
-    ``pending`` = the shared temperature-1 triple whose CE gradient must wait for the divergence."""
-    need_1 = side.targets is not None or bool(stats_kw)
-    if not (need_1 or want_tau):
+def _precomputed_ce_grad(side: _Side, trip, sl: slice, out) -> None:
+    """A precomputed side's CE input-gradient of this chunk, in place on the triple's probabilities."""
+    r = side.rows
+    out[f"gx_ce_{side.name}"][sl] = _project_back(r, _ce_grad_(trip[1], r.targets[sl], trip[2].float()))
+
+
+def _side_forward(side: _Side, plan: _Plan, sl: slice, out):
+    """One side of a forward chunk: its temperature-1 statistics into ``out`` (and a precomputed side's CE
+    gradient). Returns ``(tau, deferred)``: the temperature-tau triple for the divergence (``None``
+    without one) and, when tau = 1 makes it the SAME buffer as the temperature-1 triple of a precomputed
+    side with targets, that triple, whose CE gradient (formed in place) must wait for the divergence."""
+    want_tau = plan.div is not None
+    if not (side.wants_stats or want_tau):
         return None, None
-    logits = _logits(side, sl.start, sl.stop)
+    logits = _logits(side.rows, sl.start, sl.stop)
     shared = plan.temperature == 1.0
     if shared:
         trip1 = trip_tau = log_probs(logits, inplace=True)
     else:
-        trip1 = log_probs(logits.clone() if want_tau else logits, inplace=True) if need_1 else None
-    if need_1:
-        _side_stats(trip1, side.targets, sl, out, **stats_kw)
-    pending = None
-    if pre_ce_key is not None:
+        trip1 = log_probs(logits.clone() if want_tau else logits, inplace=True) if side.wants_stats else None
+    if side.wants_stats:
+        _side_stats(trip1, side, sl, out)
+    deferred = None
+    if side.precompute and side.rows.targets is not None:
         if shared and want_tau:
-            pending = trip1  # its probabilities are still needed by the divergence
+            deferred = trip1
         else:
-            scale = trip1[2].float()
-            out[pre_ce_key][sl] = _project_back(side, _ce_grad_(trip1[1], side.targets[sl], scale))
+            _precomputed_ce_grad(side, trip1, sl, out)
     del trip1
     if not shared:
         trip_tau = log_probs(logits, plan.temperature, inplace=True) if want_tau else None
-    return trip_tau, pending
+    return trip_tau, deferred
 
 
 def _forward_chunk(plan: _Plan, sl: slice, out: dict[str, torch.Tensor]) -> None:
-    p, q = plan.p, plan.q
-    want_div = plan.kind is not None
-    p_kw = dict(ce_key="ce_p", entropy_key="entropy_p" if plan.want_entropy_p else None)
-    p_tau, p_pending = _side_forward(p, plan, sl, out, want_tau=want_div,
-                                     stats_kw=p_kw if (p.targets is not None or plan.want_entropy_p) else {},
-                                     pre_ce_key="gx_ce_p" if plan.p_pre and p.targets is not None else None)
-    if q is None:
+    p_tau, p_deferred = _side_forward(plan.p, plan, sl, out)
+    if plan.q is None:
         return
-    q_kw = dict(ce_key="ce_q", entropy_key="entropy_q" if plan.want_entropy_q else None, peak=plan.want_q_peak)
-    q_wants = q.targets is not None or plan.want_entropy_q or plan.want_q_peak
-    q_tau, q_pending = _side_forward(q, plan, sl, out, want_tau=want_div, stats_kw=q_kw if q_wants else {},
-                                     pre_ce_key="gx_ce_q" if plan.q_pre else None)
-    if not want_div:
+    q_tau, q_deferred = _side_forward(plan.q, plan, sl, out)
+    if plan.div is None:
         return
+    d = plan.div
     (lp, pp, vp), (lq, qq, vq) = p_tau, q_tau
-    value, grad = divergence_and_grad(plan.kind, lp, pp, lq, qq, skew=plan.skew, alpha=plan.alpha,
-                                      need_grad=plan.p_pre)
+    value, grad = divergence_and_grad(d.kind, lp, pp, lq, qq, skew=d.skew, alpha=d.alpha,
+                                      need_grad=plan.p.precompute)
     valid = vp & vq
     out["div"][sl] = torch.where(valid, value, 0.0)
     if grad is not None:
-        out["gx_div"][sl] = _project_back(p, grad.mul_((valid.float() / plan.temperature)[:, None]))
-    del grad, lp, lq
-    # temperature 1: the CE gradients of precomputed sides reuse the (now free) probability buffers
-    if p_pending is not None:
-        out["gx_ce_p"][sl] = _project_back(p, _ce_grad_(pp, p.targets[sl], vp.float()))
-    if q_pending is not None:
-        out["gx_ce_q"][sl] = _project_back(q, _ce_grad_(qq, q.targets[sl], vq.float()))
+        out["gx_div"][sl] = _project_back(plan.p.rows, grad.mul_((valid.float() / d.temperature)[:, None]))
+    del grad, lp, lq, pp, qq
+    for side, trip in ((plan.p, p_deferred), (plan.q, q_deferred)):
+        if trip is not None:  # the probability buffers are free now
+            _precomputed_ce_grad(side, trip, sl, out)
 
 
 def _put_rows(dest: torch.Tensor, side: RowSide, rows: torch.Tensor, sl: slice, unique: bool) -> None:
@@ -225,14 +246,14 @@ def _scatter_grad(side: RowSide, grad_logits: torch.Tensor, sl: slice, gx, gw, u
 def _backward_chunk(plan: _Plan, sl: slice, grads, bufs, do_p: bool, do_q: bool) -> None:
     """Recompute one chunk of the non-precomputed sides and accumulate their input gradients."""
     g_div, g_ce_p, g_ce_q = grads
-    p, q = plan.p, plan.q
+    p, q = plan.p.rows, (plan.q.rows if plan.q is not None else None)
     use_div = do_p and g_div is not None
     use_ce_p = do_p and g_ce_p is not None
     q_logits = _logits(q, sl.start, sl.stop) if (use_div or do_q) else None
     if do_q:  # CE of the q side at temperature 1
         _, qq1, vq1 = log_probs(q_logits.clone() if use_div else q_logits, inplace=True)
         scale = torch.where(vq1, g_ce_q[sl].float(), 0.0)
-        _scatter_grad(q, _ce_grad_(qq1, q.targets[sl], scale), sl, bufs["gqx"], bufs["gqw"], plan.q_unique)
+        _scatter_grad(q, _ce_grad_(qq1, q.targets[sl], scale), sl, bufs["gqx"], bufs["gqw"], plan.q.unique)
         del qq1
     if not do_p:
         return
@@ -246,14 +267,14 @@ def _backward_chunk(plan: _Plan, sl: slice, grads, bufs, do_p: bool, do_q: bool)
     if use_div:
         lp, pp, vp = log_probs(a, plan.temperature, inplace=True)
         lq, qq, vq = log_probs(q_logits, plan.temperature, inplace=True)
-        _, g = divergence_and_grad(plan.kind, lp, pp, lq, qq, skew=plan.skew, alpha=plan.alpha)
+        _, g = divergence_and_grad(plan.div.kind, lp, pp, lq, qq, skew=plan.div.skew, alpha=plan.div.alpha)
         del lp, lq, qq, q_logits
         g.mul_((torch.where(vp & vq, g_div[sl].float(), 0.0) / plan.temperature)[:, None])
         if shared:  # p at temperature 1 is the divergence's p: its CE gradient reuses the buffer
             g.add_(_ce_grad_(pp, p.targets[sl], torch.where(vp, g_ce_p[sl].float(), 0.0)))
         del pp
         grad_a = g if grad_a is None else grad_a.add_(g)
-    _scatter_grad(p, grad_a, sl, bufs["gpx"], bufs["gpw"], plan.p_unique)
+    _scatter_grad(p, grad_a, sl, bufs["gpx"], bufs["gpw"], plan.p.unique)
 
 
 def _combine(parts) -> torch.Tensor | None:
@@ -271,28 +292,30 @@ def _combine(parts) -> torch.Tensor | None:
 class _FusedRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: _Plan, p_x, p_w, q_x, q_w):  # noqa: D401 - autograd signature
-        n = plan.p.n_rows
+        n = plan.p.rows.n_rows
         dev = p_x.device
         f32 = dict(dtype=torch.float32, device=dev)
-        p, q = plan.p, plan.q
+        p, q = plan.p.rows, (plan.q.rows if plan.q is not None else None)
+        q_entropy = plan.q is not None and plan.q.entropy
+        q_peak = plan.q is not None and plan.q.peak
 
         def rows_if(flag):
             return torch.zeros(n if flag else 0, **f32)
 
         out = {
-            "div": rows_if(plan.kind is not None),
+            "div": rows_if(plan.div is not None),
             "ce_p": rows_if(p.targets is not None),
             "ce_q": rows_if(q is not None and q.targets is not None),
-            "entropy_p": rows_if(plan.want_entropy_p),
-            "entropy_q": rows_if(plan.want_entropy_q),
-            "q_peak": rows_if(plan.want_q_peak),
-            "q_argmax": torch.zeros(n if plan.want_q_peak else 0, dtype=torch.long, device=dev),
+            "entropy_p": rows_if(plan.p.entropy),
+            "entropy_q": rows_if(q_entropy),
+            "q_peak": rows_if(q_peak),
+            "q_argmax": torch.zeros(n if q_peak else 0, dtype=torch.long, device=dev),
         }
-        if plan.p_pre:
+        if plan.p.precompute:
             d_p = p.weight.shape[1]
-            out["gx_div"] = torch.zeros(n if plan.kind is not None else 0, d_p, **f32)
+            out["gx_div"] = torch.zeros(n if plan.div is not None else 0, d_p, **f32)
             out["gx_ce_p"] = torch.zeros(n if p.targets is not None else 0, d_p, **f32)
-        if plan.q_pre:
+        if plan.q is not None and plan.q.precompute:
             out["gx_ce_q"] = torch.zeros(n, q.weight.shape[1], **f32)
         with torch.no_grad():
             for start in range(0, n, plan.chunk):
@@ -310,11 +333,11 @@ class _FusedRows(torch.autograd.Function):
         plan: _Plan = ctx.plan
         p_x, p_w, q_x, q_w = ctx.saved_tensors
         need = ctx.needs_input_grad  # (plan, p_x, p_w, q_x, q_w)
-        if plan.kind is None or (g_div is not None and g_div.numel() == 0):
+        if plan.div is None or (g_div is not None and g_div.numel() == 0):
             g_div = None
-        if plan.p.targets is None or (g_ce_p is not None and g_ce_p.numel() == 0):
+        if plan.p.rows.targets is None or (g_ce_p is not None and g_ce_p.numel() == 0):
             g_ce_p = None
-        if plan.q is None or plan.q.targets is None or (g_ce_q is not None and g_ce_q.numel() == 0):
+        if plan.q is None or plan.q.rows.targets is None or (g_ce_q is not None and g_ce_q.numel() == 0):
             g_ce_q = None
         to_p = g_div is not None or g_ce_p is not None
         bufs = {
@@ -323,19 +346,21 @@ class _FusedRows(torch.autograd.Function):
             "gqx": torch.zeros_like(q_x) if q_x is not None and need[3] and g_ce_q is not None else None,
             "gqw": torch.zeros_like(q_w) if q_w is not None and need[4] and g_ce_q is not None else None,
         }
-        every = slice(0, plan.p.n_rows)
-        if plan.p_pre and bufs["gpx"] is not None:
+        every = slice(0, plan.p.rows.n_rows)
+        q_pre = plan.q is not None and plan.q.precompute
+        if plan.p.precompute and bufs["gpx"] is not None:
             rows = _combine([(g_div, ctx.pre.get("gx_div")), (g_ce_p, ctx.pre.get("gx_ce_p"))])
-            _put_rows(bufs["gpx"], plan.p, rows.to(p_x.dtype), every, plan.p_unique)
-        if plan.q_pre and bufs["gqx"] is not None:
+            _put_rows(bufs["gpx"], plan.p.rows, rows.to(p_x.dtype), every, plan.p.unique)
+        if q_pre and bufs["gqx"] is not None:
             rows = _combine([(g_ce_q, ctx.pre["gx_ce_q"])])
-            _put_rows(bufs["gqx"], plan.q, rows.to(q_x.dtype), every, plan.q_unique)
-        do_p = not plan.p_pre and (bufs["gpx"] is not None or bufs["gpw"] is not None)
-        do_q = not plan.q_pre and (bufs["gqx"] is not None or bufs["gqw"] is not None)
+            _put_rows(bufs["gqx"], plan.q.rows, rows.to(q_x.dtype), every, plan.q.unique)
+        do_p = not plan.p.precompute and (bufs["gpx"] is not None or bufs["gpw"] is not None)
+        do_q = not q_pre and (bufs["gqx"] is not None or bufs["gqw"] is not None)
         if do_p or do_q:
             with torch.no_grad():
-                for start in range(0, plan.p.n_rows, plan.chunk):
-                    sl = slice(start, min(plan.p.n_rows, start + plan.chunk))
+                n = plan.p.rows.n_rows
+                for start in range(0, n, plan.chunk):
+                    sl = slice(start, min(n, start + plan.chunk))
                     _backward_chunk(plan, sl, (g_div, g_ce_p, g_ce_q), bufs, do_p, do_q)
         return None, bufs["gpx"], bufs["gpw"], bufs["gqx"], bufs["gqw"]
 
@@ -389,10 +414,12 @@ def fused_rows(
                 and side.x.requires_grad and not side.weight.requires_grad)
 
     plan = _Plan(
-        p, q, kind, float(temperature), float(skew), float(alpha), entropy_p, entropy_q, q_peak, chunk,
-        unique(p), unique(q),
-        p_pre=precompute(p, kind is not None or p.targets is not None),
-        q_pre=precompute(q, q is not None and q.targets is not None),
+        p=_Side(p, "p", entropy=entropy_p, peak=False, unique=unique(p),
+                precompute=precompute(p, kind is not None or p.targets is not None)),
+        q=None if q is None else _Side(q, "q", entropy=entropy_q, peak=q_peak, unique=unique(q),
+                                       precompute=precompute(q, q.targets is not None)),
+        div=None if kind is None else _Div(kind, float(temperature), float(skew), float(alpha)),
+        chunk=chunk,
     )
     outs = _FusedRows.apply(
         plan, p.x, p.weight, q.x if q is not None else None, q.weight if q is not None else None

@@ -12,14 +12,13 @@ response tokens in the whole optimizer step, so results do not depend on how a b
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from dwakd.config.typed import Problems, build_dataclass
 from dwakd.errors import ConfigError
 
 
@@ -30,13 +29,15 @@ class LossTerms:
     - ``terms``: name -> scalar tensor, a sum over response tokens (or sequences, for Soft-DTW).
     - ``rates``: name -> weight of that term in the objective (missing = 1.0).
     - ``n_tokens``: number of student response tokens in this micro-batch (the normaliser).
-    - ``stats``: floats for logging only (weight statistics, gamma, counts); never differentiated.
+    - ``stats``: scalar tensors (or floats) for logging only (weight statistics, gamma, counts); never
+      differentiated. Keep them tensors: the trainer moves every stat of a step to the host in ONE
+      sync, together with the loss terms.
     """
 
     terms: dict[str, torch.Tensor]
     n_tokens: torch.Tensor
     rates: dict[str, float] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
     def total(self) -> torch.Tensor:
         """``sum(rate * term)``: the micro-batch's contribution to the step's token-sum objective."""
@@ -51,26 +52,65 @@ class LossTerms:
 
 @dataclass
 class MethodOptions:
-    """Base class of every method's options dataclass (TRL style: documented fields, defaults)."""
+    """Base class of every method's options dataclass.
+
+    Fields are declared with :func:`dwakd.config.typed.option` (help text, ``ge``/``gt``/``le``/``lt``
+    ranges) and typed with ``Literal[...]`` for choices, so the SAME typed builder as the rest of
+    the configuration converts and checks them (``gamma: 1e-1``, which YAML 1.1 reads as a string,
+    arrives as a float; an unknown key gets a suggestion; a bad choice names its ``file:line``).
+    ``validate`` is left for checks across fields.
+
+    Presets: a subclass may declare ``PRESETS = {name: {field: value}}`` and a ``preset`` field;
+    the chosen preset's values replace the defaults of every field the user did not set
+    explicitly (explicit values always win).
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any], *, where: str = "method") -> MethodOptions:
-        """Build from a plain dict, naming unknown keys (with a suggestion) and bad types."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1)
-                msg = f"unknown option '{where}.{key}' for {cls.__qualname__}"
-                if hint:
-                    msg += f"; did you mean '{hint[0]}'?"
-                msg += f" Known options: {', '.join(sorted(known))}"
-                raise ConfigError(msg)
-        obj = cls(**options)
-        obj.validate(where)
+    def from_dict(cls, options: dict[str, Any] | None, *, where: str = "method", method: str = "",
+                  problems: Problems | None = None) -> MethodOptions:
+        """Build from plain data (YAML or keyword arguments) with the typed config builder.
+
+        ``where``: the location used when ``problems`` carries no ``file:line`` for a key;
+        ``problems``: a :class:`~dwakd.config.typed.Problems` holding the config file's marks
+        (keys are ``method.<option>``). Raises :class:`ConfigError` listing every problem.
+        """
+        given = dict(options or {})
+        problems = problems if problems is not None else Problems(origin=where)
+        label = f"the options of method '{method}'" if method else f"the options of {cls.__qualname__}"
+        obj = build_dataclass(cls, given, "method", problems, section_label=label)
+        problems.raise_if_any()
+        preset = getattr(obj, "preset", None)
+        if preset is not None and cls.PRESETS:
+            for key, value in cls.PRESETS[preset].items():
+                if key not in given:
+                    setattr(obj, key, value)
+        try:
+            obj.validate("method")
+        except ConfigError as e:
+            raise ConfigError(f"{problems.where('method')}: {e}") from None
         return obj
 
     def validate(self, where: str = "method") -> None:
-        """Check value ranges; raise :class:`ConfigError` naming the field. Subclasses extend."""
+        """Checks across fields (single-field types and ranges are checked by the typed builder)."""
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a method reads from the teacher's :class:`~dwakd.models.outputs.ModelOutputs` (its declared
+    capability; the trainer picks the teacher runner from it and the cache says whether it can serve it).
+
+    - ``logits`` / ``hidden`` / ``embeddings``: which fields are read;
+    - ``positions``: ``response`` (only where ``batch.teacher.target_mask`` is True) or ``all``
+      (prompt and padding positions too); ``why``: the option that asks for ``all``.
+    """
+
+    logits: bool = True
+    hidden: bool = True
+    embeddings: bool = True
+    positions: str = "response"
+    why: str = ""
 
 
 class DistillMethod(nn.Module):
@@ -107,6 +147,14 @@ class DistillMethod(nn.Module):
     def teacher_head_weight(self) -> torch.Tensor:
         """``[V_t, d_t]`` frozen teacher LM-head weight."""
         return self._teacher_ref.get_output_embeddings().weight
+
+    def teacher_needs(self) -> TeacherNeeds | None:
+        """The teacher outputs this method reads (``None``: no teacher). Subclasses narrow it."""
+        return TeacherNeeds() if self.needs_teacher else None
+
+    @classmethod
+    def check_tokenizers(cls, student_tokenizer, teacher_tokenizer) -> None:
+        """Called before any model loads; raise :class:`ConfigError` for a tokenizer pair the method cannot use."""
 
     def attach_tokenizers(self, student_tokenizer, teacher_tokenizer) -> None:
         """Called once by the trainer before training (methods that need token strings override it)."""

@@ -11,8 +11,13 @@ CMA, exactly as METHOD.md section 2 (``e`` = input-embedding lookup, inputs deta
 - ``Q = P_q([e_s(x_in); e_s(x_tgt)])``  (2 d_s -> 2 d_t)
 - ``K = N([e_t(y_in); e_t(y_tgt)])``,  ``V = P_t2s(N(h_t) + N(e_t(y_tgt)))``
 - ``N(a) = a / std(a)``: one scalar, the (unbiased) standard deviation of all entries of ``a``
-  **over the response positions of the whole micro-batch** [I] (the authors' code takes it over
-  the padded batch tensor, prompt and padding included; ours does not depend on padding).
+  **over the response positions of the whole micro-batch** [I] (default ``cma_std: response``,
+  independent of padding). ``cma_std: padded-batch`` reproduces the official DSKD value exactly:
+  the std over the whole padded batch tensor, prompt and padding rows included with their token
+  ids replaced by 0 for the embeddings (:func:`padded_batch_stds`).
+- Rows whose teacher response is empty (every score masked) are dropped here; the official code
+  keeps them with uniform attention over all teacher positions (their ``ce_t2s`` and ``kd_stu``
+  count). The data layer drops such records, so this differs only on hand-built batches.
 - ``scores = Q K^T / sqrt(2 d_t)`` restricted to student-response x teacher-response;
   ``A_ts = softmax`` over teacher positions, ``A_st = softmax(scores^T)`` over student positions.
 - ``h_t->s = A_ts V``  and  ``h_s->t = A_st P_s2t(h_s)``.
@@ -33,65 +38,7 @@ from torch import nn
 
 from dwakd.errors import ConfigError
 from dwakd.methods.projectors import make_projector
-
-
-# ----------------------------------------------------------------------------- compaction
-@dataclass
-class Compact:
-    """Where the selected positions of a ``[B, L]`` mask sit, compacted to ``[B, N]``.
-
-    ``index`` ``[B, N]`` long positions (0 in padding slots), ``valid`` ``[B, N]`` bool,
-    ``lengths`` ``[B]`` long, ``flat`` ``[n]`` long indices into the flattened ``[B * L]`` tensor
-    (row-major, the same order as ``valid``'s True entries).
-    """
-
-    index: torch.Tensor
-    valid: torch.Tensor
-    lengths: torch.Tensor
-    flat: torch.Tensor
-    width: int  # L
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...]`` -> ``[B, N, ...]``, zeros (not junk) in padding slots."""
-        idx = self.index.view(*self.index.shape, *([1] * (x.dim() - 2))).expand(*self.index.shape, *x.shape[2:])
-        out = x.gather(1, idx)
-        keep = self.valid.view(*self.valid.shape, *([1] * (x.dim() - 2)))
-        return out.masked_fill(~keep, 0)
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...]`` -> ``[n, ...]``: the selected rows in order."""
-        return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat)
-
-    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[n]`` -> ``[B, N]`` (zeros in padding slots)."""
-        out = torch.zeros(self.valid.shape, dtype=rows.dtype, device=rows.device)
-        out[self.valid] = rows
-        return out
-
-
-def compact(mask: torch.Tensor) -> Compact:
-    """:class:`Compact` for a ``[B, L]`` bool mask (``N`` = max count, at least 1)."""
-    mask = mask.bool()
-    bsz, width = mask.shape
-    lengths = mask.sum(1)
-    n = max(int(lengths.max()) if bsz else 0, 1)
-    # stable sort puts the selected positions first, in order
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :n]
-    valid = torch.arange(n, device=mask.device)[None, :] < lengths[:, None]
-    index = torch.where(valid, order, 0)
-    b, pos = mask.nonzero(as_tuple=True)
-    return Compact(index, valid, lengths, b * width + pos, width)
-
-
-def prefix_mask(attention_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` bool: the first ``counts[b]`` real tokens of each sequence (``attention_mask`` = 1).
-
-    The authors' code takes the first ``n`` positions of the (right-padded) tensor; starting at
-    the first real token keeps this identical under right padding and padding-side invariant.
-    """
-    real = attention_mask.bool()
-    rank = torch.cumsum(real.long(), dim=1) - 1
-    return real & (rank < counts[:, None])
+from dwakd.methods.rows import Compact
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -110,17 +57,23 @@ class Alignment:
     h_s2t: torch.Tensor
     s_aligned: torch.Tensor
     t_aligned: torch.Tensor
+    matrix: torch.Tensor | None = None  # the 0/1 ETA matrix [B, Ns, Nt] (None for CMA)
 
 
-def batch_std_scale(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``x / std(x[valid])`` (one scalar over every entry of the valid rows; 1 if undefined or 0)."""
-    sel = x[valid]
-    if sel.numel() < 2:
-        return x
-    std = sel.float().std()
-    if not bool(torch.isfinite(std)) or float(std) == 0.0:
-        return x
-    return x / std.to(x.dtype)
+def masked_std(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased std (one detached float32 scalar) of every entry of ``x`` ``[B, L, d]`` in the rows ``valid`` ``[B, L]``
+    (all rows when ``None``); 1 where undefined (fewer than 2 entries) or 0. No host sync."""
+    xf = x.detach().float()  # a constant of the loss (the teacher side is never differentiated)
+    if valid is None:
+        valid = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    m = valid[..., None].to(xf.dtype)
+    n = m.sum() * x.shape[-1]
+    mean = (xf * m).sum() / n.clamp_min(1.0)
+    var = (((xf - mean) * m) ** 2).sum() / (n - 1.0).clamp_min(1.0)
+    std = var.sqrt()
+    ok = (n >= 2) & torch.isfinite(std) & (std > 0)
+    return torch.where(ok, std, torch.ones_like(std))
+
 
 
 def _masked_softmax(scores: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
@@ -147,16 +100,22 @@ class CrossModelAttention(nn.Module):
         self.t2s = make_projector(d_t, d_s, device=device)
         self.s2t = make_projector(d_s, d_t, device=device)
 
-    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact) -> Alignment:
+    def forward(self, student_out, teacher_out, s_comp: Compact, t_comp: Compact, *, std: str = "response",
+                token0_embed: torch.Tensor | None = None) -> Alignment:
+        """``std``: ``response`` (default) or ``padded-batch`` (the official DSKD scalar, see
+        :func:`padded_batch_stds`; needs ``token0_embed``, the teacher's embedding of token id 0)."""
         dt = self.query.weight.dtype
         s_emb = torch.cat([s_comp.gather(student_out.input_embeds), s_comp.gather(student_out.target_embeds)], -1)
         t_in, t_tgt = t_comp.gather(teacher_out.input_embeds), t_comp.gather(teacher_out.target_embeds)
         t_hid = t_comp.gather(teacher_out.hidden)
         query = self.query(s_emb.detach().to(dt))  # [B, Ns, 2 e_t]
-        key = batch_std_scale(torch.cat([t_in, t_tgt], -1).detach().to(dt), t_comp.valid)
-        value_in = batch_std_scale(t_hid.detach().to(dt), t_comp.valid) + batch_std_scale(
-            t_tgt.detach().to(dt), t_comp.valid
-        )
+        if std == "padded-batch":
+            k_std, h_std, e_std = padded_batch_stds(teacher_out, t_comp, token0_embed)
+        else:
+            k_std = masked_std(torch.cat([t_in, t_tgt], -1), t_comp.valid)
+            h_std, e_std = masked_std(t_hid, t_comp.valid), masked_std(t_tgt, t_comp.valid)
+        key = torch.cat([t_in, t_tgt], -1).detach().to(dt) / k_std.to(dt)
+        value_in = t_hid.detach().to(dt) / h_std.to(dt) + t_tgt.detach().to(dt) / e_std.to(dt)
         value = self.t2s(value_in)  # [B, Nt, d_s]
         scores = query @ key.transpose(1, 2) / math.sqrt(2 * self.d_t)
         pair = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
@@ -171,6 +130,23 @@ class CrossModelAttention(nn.Module):
             s_aligned=s_comp.valid & t_comp.lengths[:, None].gt(0),
             t_aligned=t_comp.valid & s_comp.lengths[:, None].gt(0),
         )
+
+
+def padded_batch_stds(teacher_out, t_comp: Compact, token0_embed: torch.Tensor | None):
+    """The official DSKD scalars of N(a) = a / std(a), over the whole padded ``[B, T, .]`` teacher tensors.
+
+    - key: ``std([e_t(x_in'); e_t(x_tgt')])`` where ``x'`` = the token ids at response positions and 0
+      everywhere else (prompt and padding rows);
+    - target embeddings: ``std(e_t(x_tgt'))``;  hidden states: ``std(h_t)`` over every position.
+    All unbiased, over every entry; they depend on the batch's padding (that is the point of this mode).
+    """
+    if token0_embed is None:
+        raise ValueError("cma_std=padded-batch needs the teacher's embedding of token 0")
+    resp = t_comp.full_mask()[..., None]
+    e0 = token0_embed.reshape(1, 1, -1).to(teacher_out.target_embeds.dtype)
+    t_in = torch.where(resp, teacher_out.input_embeds, e0)
+    t_tgt = torch.where(resp, teacher_out.target_embeds, e0)
+    return masked_std(torch.cat([t_in, t_tgt], -1)), masked_std(teacher_out.hidden), masked_std(t_tgt)
 
 
 def eta_attention(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,4 +178,5 @@ class TokenAlignmentProjectors(nn.Module):
             h_s2t=a_st @ self.s2t(h_s),
             s_aligned=matrix.bool().any(-1) & s_comp.valid,
             t_aligned=matrix.bool().any(1) & t_comp.valid,
+            matrix=matrix,
         )

@@ -9,10 +9,13 @@ METHOD.md section 3, with ``q`` the target and ``p`` the distribution being trai
 - ``srkl`` = KL(p || (1 - lambda) q + lambda p)            (skew 0 -> rkl)
 - ``js``   = 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2
 - ``tvd``  = 0.5 sum |q - p|
-- ``akl``  = (g_head fkl + g_tail rkl) / (g_head + g_tail): sort q descending, the head is the
-  smallest prefix holding mass >= ``alpha``, the tail the rest; g_head / g_tail = sum |q - p| over
-  each part. [I] The two coefficients are treated as constants in the gradient (as in the AKL
-  paper's formulation), so the gradient is the same mix of the fkl and rkl gradients.
+- ``akl``  = (g_head fkl + g_tail rkl) / (g_head + g_tail), with the OFFICIAL meaning of ``alpha``
+  (DSKD code base's ``adaptive_kl``): sort q ASCENDING; the tail is the prefix whose cumulative
+  mass is <= ``alpha`` (the least likely entries), the head the rest; g_head / g_tail = sum |q - p|
+  over each part. The two coefficients are constants in the gradient (``.detach()`` in the
+  official code), so the gradient is the same mix of the fkl and rkl gradients. Where p == q
+  exactly (g_head + g_tail = 0) the official code gives 0/0 = NaN; dwakd uses 1/2, 1/2 (value 0).
+  Before 2026-12 dwakd's ``akl(alpha)`` was the official ``akl(1 - alpha)`` (see CHANGELOG.md).
 
 Both distributions are ``softmax(logits / temperature)`` computed in float32 log space whatever
 the input dtype; no ``temperature ** 2`` factor (METHOD.md section 3).
@@ -32,12 +35,37 @@ memory-bounded autograd op that uses them lives in :mod:`dwakd.methods._chunked`
 from __future__ import annotations
 
 import math
+import typing
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from dwakd.config.typed import did_you_mean, option
 from dwakd.errors import ConfigError
+from dwakd.methods.base import MethodOptions
 
-KINDS = ("fkl", "rkl", "skl", "srkl", "js", "tvd", "akl")
+Divergence = Literal["fkl", "rkl", "skl", "srkl", "js", "tvd", "akl"]
+KINDS: tuple[str, ...] = typing.get_args(Divergence)
+# Rows x vocabulary entries per chunk of the vocabulary-sized work (32 MiB of float32 per [chunk, V]).
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+AKL_ALPHA_HELP = (
+    "akl only: tail mass, with the OFFICIAL meaning (DSKD code base adaptive_kl): sort the teacher probabilities "
+    "ascending, the tail is the prefix with cumulative mass <= akl_alpha. CHANGED in 2026-12: the old dwakd akl_alpha "
+    "a equals the new 1 - a (identical only at 0.5); configs written before must flip it (CHANGELOG.md).")
+
+
+@dataclass
+class DivergenceOptions(MethodOptions):
+    """Options of every method that compares two distributions with a :data:`Divergence`."""
+
+    divergence: Divergence = option("fkl", "Token divergence D(teacher || student): fkl, rkl, skl, srkl, js, tvd or akl.")
+    temperature: float = option(2.0, "Softmax temperature tau of both sides inside D (no tau^2 factor).", gt=0)
+    skew: float = option(0.1, "skl / srkl only: the skew lambda of the mixture.", ge=0, le=1)
+    akl_alpha: float = option(0.5, AKL_ALPHA_HELP, ge=0, le=1)
+    chunk_elements: int = option(DEFAULT_CHUNK_ELEMENTS, "Rows x vocabulary entries per chunk of the "
+                                 "vocabulary-sized work (memory bound; results do not depend on it).", ge=1)
 LOG_PROB_FLOOR = math.log(torch.finfo(torch.float32).tiny)  # ~ -87.34
 _LOG_HALF = math.log(0.5)
 
@@ -45,7 +73,7 @@ _LOG_HALF = math.log(0.5)
 def check_kind(kind: str, *, field: str = "divergence") -> str:
     """Return ``kind`` or raise :class:`ConfigError` naming ``field`` and the valid kinds."""
     if kind not in KINDS:
-        raise ConfigError(f"{field}: unknown divergence '{kind}'; choose one of {', '.join(KINDS)}")
+        raise ConfigError(f"{field}: unknown divergence '{kind}'{did_you_mean(kind, KINDS)} Choose one of {', '.join(KINDS)}")
     return kind
 
 
@@ -92,24 +120,38 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(1) @ b.unsqueeze(2)).view(-1)
 
 
+def _rowdot_precise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` accumulated in float64 (one ``[n, V]`` float32 temporary), returned as float32.
+
+    Precision trade-off (issue 11): the centring sum of a softmax gradient, ``sum(p * f_p)``, is
+    subtracted from every ``f_p``; at sharp logits (scale 4) a float32 accumulation of it errs by
+    up to ~3e-5 on 32k vocabularies, which lands in every gradient entry with ``p ~ 1``. Accumulating
+    in float64 keeps the rkl / srkl gradients within 1e-5 of float64 (measured 9e-6 / 1e-6 at
+    V = 32k), for one extra ``[chunk, V]`` buffer.
+    """
+    return torch.sum(a * b, dim=-1, dtype=torch.float64).to(a.dtype)
+
+
 def _softmax_grad_(f_p: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``p * (f_p - sum(p * f_p))`` in place on ``f_p``: d f / d u from d f / d p."""
-    return f_p.sub_(_rowdot(p, f_p)[:, None]).mul_(p)
+    """``p * (f_p - sum(p * f_p))`` in place on ``f_p``: d f / d u from d f / d p (the sum in float64)."""
+    return f_p.sub_(_rowdot_precise(p, f_p)[:, None]).mul_(p)
 
 
 def _akl_coefficients(p: torch.Tensor, q: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(c_head, c_tail)``, each ``[n]``: g_head / (g_head + g_tail) and g_tail / (...)."""
-    q_sorted, order = torch.sort(q, dim=-1, descending=True)
-    mass_before = torch.cumsum(q_sorted, dim=-1).sub_(q_sorted)
+    """``(c_head, c_tail)``, each ``[n]``: g_head / (g_head + g_tail) and g_tail / (...).
+
+    Official meaning: q sorted ascending (stable), tail = entries whose ascending cumulative mass
+    (themselves included) is <= ``alpha``.
+    """
+    q_sorted, order = torch.sort(q, dim=-1, stable=True)
+    tail_sorted = torch.cumsum(q_sorted, dim=-1) <= alpha
     del q_sorted
-    head_sorted = mass_before < alpha  # include entries while the prefix is still short of alpha
-    del mass_before
-    head = torch.zeros_like(head_sorted).scatter_(-1, order, head_sorted)
-    del order, head_sorted
+    tail = torch.zeros_like(tail_sorted).scatter_(-1, order, tail_sorted)
+    del order, tail_sorted
     gap = (q - p).abs_()
     g_all = gap.sum(-1)
-    g_head = gap.masked_fill_(~head, 0.0).sum(-1)
-    g_tail = g_all - g_head
+    g_tail = gap.masked_fill_(~tail, 0.0).sum(-1)
+    g_head = g_all - g_tail
     total = g_head + g_tail
     safe = total.clamp_min(torch.finfo(torch.float32).tiny)
     c_head = torch.where(total > 0, g_head / safe, 0.5)
@@ -143,7 +185,7 @@ def divergence_and_grad(
             grad = p - q
     elif kind == "rkl":
         d = logp - logq
-        value = _rowdot(p, d)
+        value = _rowdot_precise(p, d)
         if need_grad:
             grad = d.sub_(value[:, None]).mul_(p)
     elif kind == "skl":
@@ -154,7 +196,7 @@ def divergence_and_grad(
             grad = _softmax_grad_(f_p, p)
     elif kind == "srkl":
         d = _log_mix(logq, logp, 1.0 - skew).neg_().add_(logp)  # log(p / m)
-        value = _rowdot(p, d)
+        value = _rowdot_precise(p, d)
         if need_grad:  # f_p = log(p / m) + 1 - skew p / m
             ratio = d.exp().mul_(-skew).masked_fill_(p == 0, 0.0)
             f_p = d.add_(1.0).add_(ratio)
@@ -176,7 +218,7 @@ def divergence_and_grad(
         c_head, c_tail = _akl_coefficients(p, q, alpha)
         d = logp - logq
         fkl = -_rowdot(q, d)
-        rkl = _rowdot(p, d)
+        rkl = _rowdot_precise(p, d)
         value = c_head * fkl + c_tail * rkl
         if need_grad:
             grad = d.sub_(rkl[:, None]).mul_(p).mul_(c_tail[:, None])

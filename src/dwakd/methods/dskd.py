@@ -23,225 +23,29 @@ Defaults [I]: ``divergence: fkl`` (METHOD.md writes KL in both spaces), ``temper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-import torch
-
-from dwakd.errors import ConfigError
-from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, fused_rows
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.cma import Alignment, Compact, CrossModelAttention, TokenAlignmentProjectors, compact
-from dwakd.methods.divergences import check_kind
-from dwakd.methods.projectors import init_logit_preserving_, shared_vocabulary
-
-PROJECTOR_INITS = ("default", "pinv")
+from dwakd.config.typed import option
+from dwakd.methods.base import LossTerms
+from dwakd.methods.dual_space import DualSpaceMethod, DualSpaceOptions, DualSpaceStep
 
 
 # ----------------------------------------------------------------------------- options
-def _check_positive(where: str, name: str, value, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where}.{name} must be a number {bound}, got {value!r}")
-
-
-def _check_choice(where: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}.{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-
-
-@dataclass
-class DualSpaceOptions(MethodOptions):
-    """Options shared by the dual-space methods (DSKD, DSKD-ETA, DWA-KD, DWA-KD-ETA).
-
-    - ``divergence``: student-space D (fkl, rkl, skl, srkl, js, tvd, akl).
-    - ``teacher_divergence``: teacher-space D (KL = fkl in METHOD.md).
-    - ``temperature``: tau on both sides (no tau^2 factor).
-    - ``skew``: lambda of skl / srkl.  ``akl_alpha``: head mass of akl.
-    - ``projector_init``: ``default`` (PyTorch init) or ``pinv`` (logit-preserving least squares on
-      the shared vocabulary, applied when the trainer attaches the tokenizers).
-    - ``chunk_elements``: rows x vocabulary entries per chunk of the vocabulary-sized work.
-    """
-
-    divergence: str = "fkl"
-    teacher_divergence: str = "fkl"
-    temperature: float = 2.0
-    skew: float = 0.1
-    akl_alpha: float = 0.5
-    projector_init: str = "default"
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-
-    def validate(self, where: str = "method") -> None:
-        check_kind(self.divergence, field=f"{where}.divergence")
-        check_kind(self.teacher_divergence, field=f"{where}.teacher_divergence")
-        _check_positive(where, "temperature", self.temperature)
-        for name in ("skew", "akl_alpha"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
-        _check_choice(where, "projector_init", self.projector_init, PROJECTOR_INITS)
-        if not isinstance(self.chunk_elements, int) or isinstance(self.chunk_elements, bool) or self.chunk_elements < 1:
-            raise ConfigError(f"{where}.chunk_elements must be a positive integer, got {self.chunk_elements!r}")
-
-
 @dataclass
 class DSKDOptions(DualSpaceOptions):
-    """DSKD options (see :class:`DualSpaceOptions`), plus:
+    """DSKD options (see :class:`DualSpaceOptions`)."""
 
-    - ``kd_rate``: ``a`` in ``(1 - a) CE + a (kd_stu + kd_tea + ce_t2s)``.
-    - ``argmax_mask``: keep DSKD's hard mask on ``kd_stu`` (positions where the projected teacher's
-      argmax equals the gold token).
-    """
-
-    kd_rate: float = 0.5
-    argmax_mask: bool = True
-
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        if not isinstance(self.kd_rate, (int, float)) or isinstance(self.kd_rate, bool) or not 0.0 <= self.kd_rate <= 1.0:
-            raise ConfigError(f"{where}.kd_rate must be a number in [0, 1], got {self.kd_rate!r}")
-        if not isinstance(self.argmax_mask, bool):
-            raise ConfigError(f"{where}.argmax_mask must be true or false, got {self.argmax_mask!r}")
+    kd_rate: float = option(0.5, "a in (1 - a) CE + a (kd_stu + kd_tea + ce_t2s).", ge=0, le=1)
+    argmax_mask: bool = option(True, "DSKD's hard mask on kd_stu: only positions where the projected "
+                               "teacher's argmax equals the gold token.")
 
 
 @dataclass
 class DSKDETAOptions(DSKDOptions):
     """DSKD-ETA options: as DSKD, with the logit-preserving projector init on by default."""
 
-    projector_init: str = "pinv"
-
-
-# ----------------------------------------------------------------------------- shared core
-@dataclass
-class SpaceRows:
-    """Per-position results of both spaces, compacted (see :mod:`dwakd.methods.cma`).
-
-    Student space ``[B, Ns]``: ``ce`` (student CE, grad), ``kd_stu`` (D, grad to the student
-    logits), ``ce_t2s`` (grad to the projectors), ``entropy_s`` (H of p_s at tau 1, detached),
-    ``gate`` (max p_t->s at tau 1, detached), ``hit`` (argmax p_t->s == gold).
-    Teacher space ``[B, Nt]``: ``kd_tea`` (grad through h_s->t), ``entropy_t`` (detached).
-    """
-
-    ce: torch.Tensor
-    kd_stu: torch.Tensor
-    ce_t2s: torch.Tensor
-    entropy_s: torch.Tensor
-    gate: torch.Tensor
-    hit: torch.Tensor
-    kd_tea: torch.Tensor
-    entropy_t: torch.Tensor
-
-
-def dual_space_rows(method: DistillMethod, student_out, teacher_out, batch, s_comp: Compact,
-                    t_comp: Compact, align: Alignment) -> SpaceRows:
-    """Run the two fused vocabulary passes (student space over V_s, teacher space over V_t)."""
-    o = method.options
-    w_s = method.student_head_weight().detach()
-    w_t = method.teacher_head_weight().detach()
-    s_logits = student_out.logits
-    t_logits = teacher_out.logits.detach()
-    gold_s = batch.student.target_ids.reshape(-1).index_select(0, s_comp.flat)
-    stu = fused_rows(
-        RowSide(s_logits.reshape(-1, s_logits.shape[-1]), index=s_comp.flat, targets=gold_s),
-        RowSide(align.h_t2s[s_comp.valid], weight=w_s, targets=gold_s),
-        kind=o.divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
-        entropy_p=True, q_peak=True, chunk_elements=o.chunk_elements,
-    )
-    tea = fused_rows(
-        RowSide(align.h_s2t[t_comp.valid], weight=w_t),
-        RowSide(t_logits.reshape(-1, t_logits.shape[-1]), index=t_comp.flat),
-        kind=o.teacher_divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
-        entropy_q=True, chunk_elements=o.chunk_elements,
-    )
-    return SpaceRows(
-        ce=s_comp.scatter(stu.ce_p),
-        kd_stu=s_comp.scatter(stu.div),
-        ce_t2s=s_comp.scatter(stu.ce_q),
-        entropy_s=s_comp.scatter(stu.entropy_p),
-        gate=s_comp.scatter(stu.q_peak),
-        hit=s_comp.scatter(stu.q_argmax == gold_s),
-        kd_tea=t_comp.scatter(tea.div),
-        entropy_t=t_comp.scatter(tea.entropy_q),
-    )
-
-
-def _rank_table(comp: Compact) -> torch.Tensor:
-    """``[B, L]`` long: the compacted row of each selected position (``-1`` elsewhere)."""
-    bsz = comp.valid.shape[0]
-    table = torch.full((bsz, comp.width), -1, dtype=torch.long, device=comp.index.device)
-    ranks = torch.arange(comp.index.shape[1], device=comp.index.device).expand_as(comp.index)
-    rows = torch.arange(bsz, device=comp.index.device)[:, None].expand_as(comp.index)
-    table[rows[comp.valid], comp.index[comp.valid]] = ranks[comp.valid]
-    return table
-
-
-def eta_matrix(batch, s_comp: Compact, t_comp: Compact) -> torch.Tensor:
-    """``[B, Ns, Nt]`` float 0/1: exact token alignment between compacted response positions.
-
-    Pairs come from :func:`dwakd.align.exact_token_alignment` on both sides' ``target_spans``
-    (identical clean spans, plus the EOS pair); only pairs of two response positions are kept.
-    """
-    from dwakd.align import exact_token_alignment
-
-    dev = s_comp.index.device
-    pairs = exact_token_alignment(batch.student.target_spans, batch.teacher.target_spans)
-    b, i, j = pairs.batch.to(dev), pairs.student.to(dev), pairs.teacher.to(dev)
-    rows = _rank_table(s_comp)[b, i]
-    cols = _rank_table(t_comp)[b, j]
-    ok = (rows >= 0) & (cols >= 0)
-    out = torch.zeros(s_comp.valid.shape[0], s_comp.index.shape[1], t_comp.index.shape[1], device=dev)
-    out[b[ok], rows[ok], cols[ok]] = 1.0
-    return out
-
-
-class DualSpaceMethod(DistillMethod):
-    """Base of DSKD / DSKD-ETA / DWA-KD / DWA-KD-ETA: owns the alignment projectors.
-
-    ``use_eta`` selects exact token alignment instead of cross-model attention.
-    """
-
-    use_eta: bool = False
-
-    def __init__(self, student, teacher, options):
-        super().__init__(student, teacher, options)
-        w_s, w_t = self.student_head_weight(), self.teacher_head_weight()
-        d_s, d_t = int(w_s.shape[1]), int(w_t.shape[1])
-        e_s = int(student.get_input_embeddings().weight.shape[1])
-        e_t = int(teacher.get_input_embeddings().weight.shape[1])
-        self.dims = {"d_s": d_s, "d_t": d_t, "e_s": e_s, "e_t": e_t}
-        if self.use_eta:
-            self.align = TokenAlignmentProjectors(d_s, d_t, device=w_s.device)
-        else:
-            self.align = CrossModelAttention(d_s, d_t, e_s, e_t, device=w_s.device)
-        self.init_report: dict[str, float] = {}
-
-    def projector_parameters(self):
-        """The trainable parameters (all projectors): ``self.parameters()``."""
-        return self.parameters()
-
-    @torch.no_grad()
-    def attach_tokenizers(self, student_tokenizer, teacher_tokenizer) -> None:
-        """Trainer hook: with ``projector_init: pinv``, initialise ``t2s`` / ``s2t`` logit-preserving
-        on the shared vocabulary (see :mod:`dwakd.methods.projectors`)."""
-        if self.options.projector_init != "pinv":
-            return
-        s_ids, t_ids = shared_vocabulary(student_tokenizer, teacher_tokenizer)
-        w_s, w_t = self.student_head_weight(), self.teacher_head_weight()
-        keep = (s_ids < w_s.shape[0]) & (t_ids < w_t.shape[0])
-        s_ids, t_ids = s_ids[keep], t_ids[keep]
-        self.init_report["shared_tokens"] = float(s_ids.numel())
-        if s_ids.numel() == 0:
-            return
-        rows_s, rows_t = w_s[s_ids.to(w_s.device)], w_t[t_ids.to(w_t.device)]
-        self.init_report["t2s_residual"] = init_logit_preserving_(self.align.t2s, rows_t, rows_s)
-        self.init_report["s2t_residual"] = init_logit_preserving_(self.align.s2t, rows_s, rows_t)
-
-    def alignment(self, student_out, teacher_out, batch) -> tuple[Compact, Compact, Alignment]:
-        s_comp = compact(batch.student.target_mask)
-        t_comp = compact(batch.teacher.target_mask)
-        if self.use_eta:
-            matrix = eta_matrix(batch, s_comp, t_comp)
-            return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp, matrix)
-        return s_comp, t_comp, self.align(student_out, teacher_out, s_comp, t_comp)
+    projector_init: Literal["default", "pinv"] = option("pinv", "default: PyTorch init; pinv: logit-preserving "
+                                                        "least squares on the shared vocabulary (DSKDv2).")
 
 
 # ----------------------------------------------------------------------------- DSKD
@@ -250,17 +54,15 @@ class DSKD(DualSpaceMethod):
     description = "Dual-space KD with cross-model attention (Zhang et al. 2024)"
     Options = DSKDOptions
 
-    def forward(self, student_out, teacher_out, batch) -> LossTerms:
-        o = self.options
-        s_comp, t_comp, align = self.alignment(student_out, teacher_out, batch)
-        rows = dual_space_rows(self, student_out, teacher_out, batch, s_comp, t_comp, align)
+    def combine(self, student_out, teacher_out, batch, step: DualSpaceStep) -> LossTerms:
+        o, rows, align = self.options, step.rows, step.align
         stu_mask = align.s_aligned & rows.hit if o.argmax_mask else align.s_aligned
         s_al, t_al = align.s_aligned.float(), align.t_aligned.float()
         a = float(o.kd_rate)
-        n_tok = s_comp.valid.sum()
-        stats = {
-            "argmax_hit_rate": float(rows.hit[s_comp.valid].float().mean()) if bool(s_comp.valid.any()) else 0.0,
-            "aligned_student_frac": float(s_al.sum() / n_tok.clamp_min(1)),
+        n_tok = step.s_comp.valid.sum()
+        stats = {  # tensors: the loop syncs once per step
+            "argmax_hit_rate": (rows.hit & step.s_comp.valid).sum() / n_tok.clamp_min(1),
+            "aligned_student_frac": s_al.sum() / n_tok.clamp_min(1),
         }
         return LossTerms(
             terms={

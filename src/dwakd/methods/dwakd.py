@@ -35,27 +35,17 @@ the 0/1 ETA matrix: penalty ``band_lambda`` wherever a pair is not aligned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from dwakd.align import soft_dtw_divergence
-from dwakd.errors import ConfigError
-from dwakd.methods._chunked import RowSide, fused_rows
-from dwakd.methods.base import LossTerms
-from dwakd.methods.cma import Compact, compact, prefix_mask
-from dwakd.methods.dskd import (
-    DualSpaceMethod,
-    DualSpaceOptions,
-    _check_choice,
-    _check_positive,
-    dual_space_rows,
-    eta_matrix,
-)
+from dwakd.config.typed import option
+from dwakd.methods.base import LossTerms, TeacherNeeds
+from dwakd.methods.divergences import Divergence
+from dwakd.methods.dual_space import DualSpaceMethod, DualSpaceOptions, DualSpaceStep
 from dwakd.methods.projectors import make_projector
-
-WEIGHTS = ("none", "entropy", "entropy+gate")
-DTW_TERMS = ("none", "hidden", "embed", "both")
-DTW_POSITIONS = ("response", "prefix")
+from dwakd.methods.rows import compact, prefix_mask
 
 
 # ----------------------------------------------------------------------------- weights
@@ -73,15 +63,6 @@ def renorm_to_len(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, scaled, m)
 
 
-def _row_stats(logits: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None = None):
-    """Entropy of ``logits`` rows (and the peak probability of ``other``) at the masked positions."""
-    comp = compact(mask)
-    p = RowSide(logits.detach().reshape(-1, logits.shape[-1]), index=comp.flat)
-    q = None if other is None else RowSide(other.detach().reshape(-1, other.shape[-1]), index=comp.flat)
-    out = fused_rows(p, q, entropy_p=True, q_peak=q is not None)
-    return comp, out
-
-
 def entropy_weights(entropy: torch.Tensor, mask: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
     """Student weights from per-position entropies (and gate): ``renorm_to_len(H) * gate``."""
     w = renorm_to_len(entropy.detach().float(), mask)
@@ -96,32 +77,6 @@ def confidence_weights(entropy: torch.Tensor, mask: torch.Tensor, vocab_size: in
         return mask.float()
     conf = (1.0 - entropy.detach().float() / torch.log(torch.tensor(float(vocab_size)))).clamp(0.0, 1.0)
     return renorm_to_len(conf, mask)
-
-
-def student_weights(student_logits: torch.Tensor, t2s_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, S]`` student-space weights (METHOD.md section 3), detached, zero outside ``mask``.
-
-    ``student_logits`` ``[B, S, V_s]``; ``t2s_logits`` ``[B, S, V]`` the projected teacher's logits
-    (the gate is their peak probability); ``mask`` ``[B, S]`` the positions that take part.
-    """
-    with torch.no_grad():
-        comp, out = _row_stats(student_logits, mask, t2s_logits)
-        return entropy_weights(comp_to_full(comp, out.entropy_p), mask, comp_to_full(comp, out.q_peak))
-
-
-def teacher_weights(teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` teacher-space weights (METHOD.md section 3), detached, zero outside ``mask``;
-    ``V_t`` = ``teacher_logits.shape[-1]``."""
-    with torch.no_grad():
-        comp, out = _row_stats(teacher_logits, mask)
-        return confidence_weights(comp_to_full(comp, out.entropy_p), mask, teacher_logits.shape[-1])
-
-
-def comp_to_full(comp: Compact, rows: torch.Tensor) -> torch.Tensor:
-    """``[n]`` rows -> ``[B, L]`` at their original positions (zeros elsewhere)."""
-    out = torch.zeros(comp.valid.shape[0] * comp.width, dtype=rows.dtype, device=rows.device)
-    out[comp.flat] = rows
-    return out.view(comp.valid.shape[0], comp.width)
 
 
 # ----------------------------------------------------------------------------- band
@@ -169,66 +124,57 @@ def band_penalty(
 
 
 # ----------------------------------------------------------------------------- options
+AUTHORS_CODE = {"band": False, "dtw_positions": "prefix", "dtw_teacher_grad": False, "cma_std": "padded-batch"}
+
+
 @dataclass
 class DWAKDOptions(DualSpaceOptions):
-    """DWA-KD options (plus :class:`~dwakd.methods.dskd.DualSpaceOptions`).
+    """DWA-KD options (plus :class:`~dwakd.methods.dskd.DualSpaceOptions`); METHOD.md sections 3-5.
 
-    - ``rate_ce`` / ``rate_wkd`` / ``rate_dtw``: 0.5 / 0.5 / 0.2 (METHOD.md section 5).
-    - ``weights``: ``none`` | ``entropy`` | ``entropy+gate`` (student space; teacher space uses its
-      confidence weights unless ``none``).
-    - ``gate_warmup_steps``: linear warm-up of the gate, ``g_eff = 1 - r + r g``, ``r = step / N``
-      (0 = off).
-    - ``dtw``: ``none`` | ``hidden`` | ``embed`` | ``both``.  ``dtw_positions``: ``response`` | ``prefix``.
-    - ``band`` with ``band_b``, ``band_beta``, ``band_alpha``, ``band_lambda`` (5, 2.0, 0.7, 1.0).
-    - ``gamma``: Soft-DTW smoothing; ``gamma_final``: anneal linearly to it over training (None = off).
-    - ``dtw_length_norm``: divide each sequence's nDTW by ``max(S, T)`` (off = the paper's raw sum).
+    Presets: ``paper`` (default) is the paper's reading; ``authors-code`` reproduces the authors'
+    fork: no band (its band code is dead), the projected teacher detached in both Soft-DTW terms
+    (t2s gets no Soft-DTW gradient, the embedding projector is never trained), prefix positions,
+    and (the fork inherits DSKD's CMA) the padded-batch std.
     """
 
-    divergence: str = "srkl"
-    teacher_divergence: str = "fkl"
-    temperature: float = 2.0
-    rate_ce: float = 0.5
-    rate_wkd: float = 0.5
-    rate_dtw: float = 0.2
-    weights: str = "entropy+gate"
-    gate_warmup_steps: int = 0
-    dtw: str = "both"
-    dtw_positions: str = "response"
-    band: bool = True
-    band_b: float = 5.0
-    band_beta: float = 2.0
-    band_alpha: float = 0.7
-    band_lambda: float = 1.0
-    gamma: float = 2.0
-    gamma_final: float | None = None
-    dtw_length_norm: bool = False
+    PRESETS = {"paper": {}, "authors-code": AUTHORS_CODE}
 
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        for name in ("rate_ce", "rate_wkd", "rate_dtw", "band_b", "band_beta", "band_lambda"):
-            _check_positive(where, name, getattr(self, name), allow_zero=True)
-        _check_choice(where, "weights", self.weights, WEIGHTS)
-        _check_choice(where, "dtw", self.dtw, DTW_TERMS)
-        _check_choice(where, "dtw_positions", self.dtw_positions, DTW_POSITIONS)
-        for name in ("band", "dtw_length_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{where}.{name} must be true or false, got {getattr(self, name)!r}")
-        a = self.band_alpha
-        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{where}.band_alpha must be a number in [0, 1], got {a!r}")
-        _check_positive(where, "gamma", self.gamma)
-        if self.gamma_final is not None:
-            _check_positive(where, "gamma_final", self.gamma_final)
-        g = self.gate_warmup_steps
-        if not isinstance(g, int) or isinstance(g, bool) or g < 0:
-            raise ConfigError(f"{where}.gate_warmup_steps must be an integer >= 0, got {g!r}")
+    preset: Literal["paper", "authors-code"] = option(
+        "paper", "paper: the paper's equations (band on, Soft-DTW gradients into the projectors, response positions). "
+        "authors-code: the authors' fork's loss (band off, projected teacher detached in Soft-DTW, prefix positions, "
+        "padded-batch CMA std). Explicit options override the preset.")
+    divergence: Divergence = option("srkl", "Student-space divergence D(p_t->s || p_s) (the reported runs: srkl for "
+                                    "GPT-2 students, akl for TinyLLaMA/OPT; fkl is the paper's KL).")
+    rate_ce: float = option(0.5, "Rate of the student's gold cross-entropy.", ge=0)
+    rate_wkd: float = option(0.5, "Rate of kd_stu, kd_tea and ce_t2s (L_WKD).", ge=0)
+    rate_dtw: float = option(0.2, "Rate of each Soft-DTW term (L_DTW).", ge=0)
+    weights: Literal["none", "entropy", "entropy+gate"] = option(
+        "entropy+gate", "Student-space token weights: none, entropy (renormalised H_s) or entropy+gate (times the "
+        "projected teacher's peak probability). The teacher space uses its confidence weights unless none.")
+    gate_warmup_steps: int = option(0, "Linear warm-up of the gate: g_eff = 1 - r + r g, r = step / N (0 = off).", ge=0)
+    dtw: Literal["none", "hidden", "embed", "both"] = option("both", "Soft-DTW terms: none, hidden (h_s vs P_t2s h_t), "
+                                                             "embed (e_s vs P_e e_t) or both.")
+    dtw_positions: Literal["response", "prefix"] = option(
+        "response", "Positions aligned by Soft-DTW: response (the paper) or prefix (the first n real tokens, n = response "
+        "length, as the authors' code; reads prompt positions, so the teacher cache cannot serve it).")
+    dtw_teacher_grad: bool = option(True, "Soft-DTW gradients flow into the projected teacher (P_t2s, P_e); false "
+                                    "detaches it in both terms, as the authors' fork.")
+    band: bool = option(True, "Add the soft band from the CMA attention to the Soft-DTW cross cost (bDTW).")
+    band_b: float = option(5.0, "Band base width b.", ge=0)
+    band_beta: float = option(2.0, "Band width per nat of attention entropy (beta).", ge=0)
+    band_alpha: float = option(0.7, "Band centre mix: alpha * attention centre + (1 - alpha) * diagonal.", ge=0, le=1)
+    band_lambda: float = option(1.0, "Penalty added outside the band (lambda).", ge=0)
+    gamma: float = option(2.0, "Soft-DTW smoothing gamma (1.0 for OPT in the authors' runs).", gt=0)
+    gamma_final: float | None = option(None, "Anneal gamma linearly to this value over training (null = off).", gt=0)
+    dtw_length_norm: bool = option(False, "Divide each sequence's nDTW by max(S, T) (off = the paper's raw sum).")
 
 
 @dataclass
 class DWAKDETAOptions(DWAKDOptions):
-    """DWA-KD-ETA options: as DWA-KD, with the logit-preserving projector init on by default."""
+    """DWA-KD-ETA options: as DWA-KD, with the logit-preserving projector init on by default (``cma_std`` unused)."""
 
-    projector_init: str = "pinv"
+    projector_init: Literal["default", "pinv"] = option("pinv", "default: PyTorch init; pinv: logit-preserving "
+                                                        "least squares on the shared vocabulary (DSKDv2).")
 
 
 # ----------------------------------------------------------------------------- method
@@ -242,6 +188,13 @@ class DWAKD(DualSpaceMethod):
         if options.dtw in ("embed", "both"):
             self.embed_proj = make_projector(self.dims["e_t"], self.dims["e_s"], device=self.student_head_weight().device)
         self._step, self._total = 0, 0
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """As DSKD; every position also with ``dtw_positions: prefix`` (prompt positions are aligned)."""
+        if self.options.dtw != "none" and self.options.dtw_positions == "prefix":
+            return TeacherNeeds(positions="all", why="method option dtw_positions=prefix reads the teacher's prompt "
+                                                  "positions")
+        return super().teacher_needs()
 
     def set_progress(self, step: int, total_steps: int) -> None:
         self._step, self._total = int(step), int(total_steps)
@@ -269,17 +222,17 @@ class DWAKD(DualSpaceMethod):
         return entropy_weights(rows.entropy_s, s_mask, gate), confidence_weights(rows.entropy_t, t_mask, vocab_t)
 
     # -- soft-DTW --------------------------------------------------------------------------
-    def _band(self, align, s_comp, t_comp, matrix):
+    def _band(self, align, s_comp, t_comp):
         o = self.options
         if not o.band:
             return None
-        if matrix is not None:
+        if align.matrix is not None:  # DWA-KDv2: the band is the 0/1 ETA matrix
             valid = s_comp.valid[:, :, None] & t_comp.valid[:, None, :]
-            return o.band_lambda * ((matrix < 0.5) & valid).float()
+            return o.band_lambda * ((align.matrix < 0.5) & valid).float()
         return band_penalty(align.a_ts, s_comp.lengths, t_comp.lengths, b=o.band_b, beta=o.band_beta,
                             alpha=o.band_alpha, lam=o.band_lambda)
 
-    def _dtw_terms(self, student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats):
+    def _dtw_terms(self, student_out, teacher_out, batch, s_comp, t_comp, align, stats):
         o = self.options
         if o.dtw == "none":
             return {}
@@ -293,52 +246,39 @@ class DWAKD(DualSpaceMethod):
         if o.dtw in ("hidden", "both"):
             x = s_pos.gather(student_out.hidden).to(dt)
             y = self.align.t2s(t_pos.gather(teacher_out.hidden).detach().to(dt))
-            pairs.append(("dtw_hidden", x, y))
+            pairs.append(("dtw_hidden", x, y if o.dtw_teacher_grad else y.detach()))
         if o.dtw in ("embed", "both"):
             x = s_pos.gather(student_out.target_embeds).to(dt)
             y = self.embed_proj(t_pos.gather(teacher_out.target_embeds).detach().to(dt))
-            pairs.append(("dtw_embed", x, y))
-        penalty = self._band(align, s_comp, t_comp, matrix)
-        use = (s_pos.lengths > 0) & (t_pos.lengths > 0)
+            pairs.append(("dtw_embed", x, y if o.dtw_teacher_grad else y.detach()))
+        penalty = self._band(align, s_comp, t_comp)
         gamma = self.current_gamma()
-        stats["gamma"] = gamma
-        stats["ndtw_negative"] = 0.0
-        if not bool(use.any()):
-            return {name: x.sum() * 0.0 for name, x, _ in pairs}
-        # One operator call for all alignments of equal feature size (METHOD.md section 9).
-        sel = use.nonzero().squeeze(1)
-        xs = torch.cat([x.index_select(0, sel) for _, x, _ in pairs])
-        ys = torch.cat([y.index_select(0, sel) for _, _, y in pairs])
-        x_mask = s_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
-        y_mask = t_pos.valid.index_select(0, sel).repeat(len(pairs), 1)
-        pen = None if penalty is None else penalty.index_select(0, sel).repeat(len(pairs), 1, 1)
-        values = soft_dtw_divergence(xs, ys, gamma, x_mask=x_mask, y_mask=y_mask, cost="cosine", cross_penalty=pen)
+        stats["gamma"] = torch.tensor(gamma)
+        # One operator call for all alignments of equal feature size (METHOD.md section 9); an example
+        # with no position on one side gets the value 0 and no gradient from the operator.
+        k = len(pairs)
+        xs = torch.cat([x for _, x, _ in pairs])
+        ys = torch.cat([y for _, _, y in pairs])
+        pen = None if penalty is None else penalty.repeat(k, 1, 1)
+        values = soft_dtw_divergence(xs, ys, gamma, x_mask=s_pos.valid.repeat(k, 1), y_mask=t_pos.valid.repeat(k, 1),
+                                     cost="cosine", cross_penalty=pen)
         if o.dtw_length_norm:
-            longest = torch.maximum(s_pos.lengths, t_pos.lengths).index_select(0, sel).clamp_min(1)
-            values = values / longest.repeat(len(pairs)).to(values.dtype)
-        stats["ndtw_negative"] = float((values.detach() < 0).sum())
-        per = values.view(len(pairs), -1)
-        return {name: per[k].sum() for k, (name, _, _) in enumerate(pairs)}
+            longest = torch.maximum(s_pos.lengths, t_pos.lengths).clamp_min(1)
+            values = values / longest.repeat(k).to(values.dtype)
+        stats["ndtw_negative"] = (values.detach() < 0).sum()
+        per = values.view(k, -1)
+        return {name: per[n].sum() for n, (name, _, _) in enumerate(pairs)}
 
-    # -- forward ---------------------------------------------------------------------------
-    def forward(self, student_out, teacher_out, batch) -> LossTerms:
-        o = self.options
-        s_comp = compact(batch.student.target_mask)
-        t_comp = compact(batch.teacher.target_mask)
-        matrix = None
-        if self.use_eta:
-            matrix = eta_matrix(batch, s_comp, t_comp)
-            align = self.align(student_out, teacher_out, s_comp, t_comp, matrix)
-        else:
-            align = self.align(student_out, teacher_out, s_comp, t_comp)
-        rows = dual_space_rows(self, student_out, teacher_out, batch, s_comp, t_comp, align)
-        w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, teacher_out.logits.shape[-1])
-        n_tok = s_comp.valid.sum()
-        stats = {
+    # -- the extension point of the dual-space toolkit ---------------------------------------
+    def combine(self, student_out, teacher_out, batch, step: DualSpaceStep) -> LossTerms:
+        o, rows, align = self.options, step.rows, step.align
+        w_s, w_t = self._weights(rows, align.s_aligned, align.t_aligned, int(self.teacher_head_weight().shape[0]))
+        n_tok = step.s_comp.valid.sum()
+        stats = {  # tensors: the loop syncs once per step
             "w_s_mean": _masked_mean(w_s, align.s_aligned),
             "w_t_mean": _masked_mean(w_t, align.t_aligned),
             "gate_mean": _masked_mean(rows.gate, align.s_aligned),
-            "aligned_student_frac": float(align.s_aligned.sum() / n_tok.clamp_min(1)),
+            "aligned_student_frac": align.s_aligned.sum() / n_tok.clamp_min(1),
         }
         terms = {
             "ce": rows.ce.sum(),
@@ -347,15 +287,15 @@ class DWAKD(DualSpaceMethod):
             "ce_t2s": (rows.ce_t2s * align.s_aligned.float()).sum(),
         }
         rates = {"ce": o.rate_ce, "kd_stu": o.rate_wkd, "kd_tea": o.rate_wkd, "ce_t2s": o.rate_wkd}
-        for name, value in self._dtw_terms(student_out, teacher_out, batch, s_comp, t_comp, align, matrix, stats).items():
+        dtw = self._dtw_terms(student_out, teacher_out, batch, step.s_comp, step.t_comp, align, stats)
+        for name, value in dtw.items():
             terms[name] = value
             rates[name] = o.rate_dtw
         return LossTerms(terms=terms, n_tokens=n_tok, rates=rates, stats=stats)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    n = int(mask.sum())
-    return float((x.detach().float() * mask).sum() / n) if n else 0.0
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x.detach().float() * mask).sum() / mask.sum().clamp_min(1)
 
 
 class DWAKDETA(DWAKD):

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods._chunked import RowSide, fused_rows
-from dwakd.methods.base import DistillMethod, LossTerms
-from dwakd.methods.cma import compact
-from dwakd.methods.dskd import DualSpaceOptions
-from dwakd.methods.sft import gold_cross_entropy
+from dwakd.methods._chunked import fused_rows
+from dwakd.methods.base import DistillMethod, LossTerms, TeacherNeeds
+from dwakd.methods.divergences import DivergenceOptions
+from dwakd.methods.rows import compact, gold_cross_entropy, logit_side
 
 CROSS_TOKENIZER_HINT = (
     "Use a cross-tokenizer method instead: dwakd, dwakd-eta, dskd, dskd-eta, uld, mined or multilevel-ot."
@@ -36,24 +36,12 @@ CROSS_TOKENIZER_HINT = (
 
 
 @dataclass
-class KDOptions(DualSpaceOptions):
-    """- ``kd_rate``: ``a``.  ``divergence``: D (fkl, rkl, skl, srkl, js, tvd, akl).
-    - ``temperature``, ``skew``, ``akl_alpha``: as for the dual-space methods.
-    - ``vocab_size``: the real shared vocabulary (logits are sliced to it); None = automatic.
-    (``teacher_divergence`` and ``projector_init`` are unused.)
-    """
+class KDOptions(DivergenceOptions):
+    """Options of :class:`SameTokenizerKD` (divergence, temperature, skew, akl_alpha as for every divergence)."""
 
-    kd_rate: float = 0.5
-    vocab_size: int | None = None
-
-    def validate(self, where: str = "method") -> None:
-        super().validate(where)
-        a = self.kd_rate
-        if not isinstance(a, (int, float)) or isinstance(a, bool) or not 0.0 <= a <= 1.0:
-            raise ConfigError(f"{where}.kd_rate must be a number in [0, 1], got {a!r}")
-        v = self.vocab_size
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ConfigError(f"{where}.vocab_size must be a positive integer or null, got {v!r}")
+    kd_rate: float = option(0.5, "a in (1 - a) CE + a D(p_t || p_s).", ge=0, le=1)
+    vocab_size: int | None = option(None, "The real shared vocabulary (logits are sliced to it); null = automatic "
+                                    "(the smaller tokenizer once attached, else the smaller head).", ge=1)
 
 
 def _id_table(tok) -> list[str | None]:
@@ -68,6 +56,10 @@ class SameTokenizerKD(DistillMethod):
     name = "kd"
     description = "Classic logit KD for a teacher and student sharing one tokenizer"
     Options = KDOptions
+
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
 
     def __init__(self, student, teacher, options):
         super().__init__(student, teacher, options)
@@ -113,20 +105,18 @@ class SameTokenizerKD(DistillMethod):
         s_flat = (b * s_comp.width + widen(s_comp.index))[paired]
         t_flat = (b * t_comp.width + widen(t_comp.index))[paired]
         v = self.vocab
-        s_logits = student_out.logits[..., :v]
-        t_logits = teacher_out.logits.detach()[..., :v]
         kd = fused_rows(
-            RowSide(s_logits.reshape(-1, v), index=s_flat),
-            RowSide(t_logits.reshape(-1, v), index=t_flat),
+            logit_side(student_out, index=s_flat, vocab=v),
+            logit_side(teacher_out, index=t_flat, vocab=v, detach=True),
             kind=o.divergence, temperature=o.temperature, skew=o.skew, alpha=o.akl_alpha,
             chunk_elements=o.chunk_elements,
         )
-        ce, _ = gold_cross_entropy(student_out.logits, batch.student, o.chunk_elements)
+        ce, _ = gold_cross_entropy(student_out, batch.student, o.chunk_elements)
         s_gold = batch.student.target_ids.reshape(-1).index_select(0, s_flat)
         t_gold = batch.teacher.target_ids.reshape(-1).index_select(0, t_flat)
         stats = {
-            "unpaired": float(s_comp.valid.sum() + t_comp.valid.sum() - 2 * paired.sum()),
-            "target_mismatch": float((s_gold != t_gold).sum()),
+            "unpaired": s_comp.valid.sum() + t_comp.valid.sum() - 2 * paired.sum(),
+            "target_mismatch": (s_gold != t_gold).sum(),
         }
         a = float(o.kd_rate)
         return LossTerms(

@@ -14,6 +14,16 @@ Which positions count as aligned (option ``match``) [I]: ``one_to_one`` (default
 token has exactly one DTW partner and that teacher token has no other student partner;
 ``single_teacher`` also accepts several student tokens sharing one teacher token.
 
+``preset: dskd-code`` reproduces the official DSKD criterion (the one the paper's MinED numbers ran
+with): temperature 2.0, DTW over the INPUT tokens at the response positions with the official
+tie order (``dtw_ties: teacher-first``), ``single_teacher`` AND ``student id == map(teacher id)``
+(``require_id_match``), many-to-one keeps the FIRST (lowest) teacher id (``many_to_one: first``).
+Remaining differences from the official code: the edit distance strips both ``Ġ`` and ``▁`` (and a
+WordPiece ``##``) on both sides, where the official code strips each tokenizer's own marker only
+(identical for GPT-2/Qwen/Llama tokens unless a token holds the other marker); the vocabulary map
+is dwakd's own (:func:`dwakd.align.build_vocab_map`) unless ``vocab_map_path`` loads the official
+``tea2stu_id_mapping`` (converted to a tensor).
+
 What the trainer must do (the method never sees tokenizers otherwise): call
 ``method.attach_tokenizers(student_tokenizer, teacher_tokenizer)`` once after building it
 (:func:`dwakd.train.engine.call_method_hooks` does). That builds (or
@@ -29,50 +39,70 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.uld import check_rate, chunk_size_for, chunked_rows, gold_log_probs, rank_table, upcast
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
+from dwakd.methods.rows import (
+    chunk_size_for,
+    chunked_rows,
+    gold_log_probs,
+    rank_table,
+    row_source,
+    rows_to_logits,
+    upcast,
+)
 
-MATCH_RULES = ("one_to_one", "single_teacher")
+DSKD_CODE = {"temperature": 2.0, "align_tokens": "input", "match": "single_teacher", "require_id_match": True,
+             "many_to_one": "first", "dtw_ties": "teacher-first"}
 
 
 @dataclass
 class MinEDOptions(MethodOptions):
     """Options of :class:`MinED`.
 
-    - ``kd_rate`` (0.5): objective ``(1 - kd_rate) * ce + kd_rate * kd`` (DSKD code base convention).
-    - ``temperature`` (1.0): softmax temperature of both sides in the ``kd`` term [I].
-    - ``match`` (``one_to_one``): which DTW pairs count as aligned (module docstring) [I].
-    - ``vocab_map_path`` (None): a ``torch.save``d 1-D long tensor, teacher id -> student id (-1
-      unmapped), or a cache file written by :func:`dwakd.align.build_vocab_map`; when set,
-      :meth:`MinED.attach_tokenizers` does not build the map.
-    - ``cache_size`` (100000): alignments kept in memory (cleared when full).
-    - ``chunk_positions`` (None): positions per chunk; None = about 2M vocabulary entries a chunk.
+    Presets: ``default`` is FuseLLM's criterion as METHOD.md section 6 describes it (DTW over the
+    response tokens each position predicts, one-to-one pairs, many-to-one merged by max, T = 1);
+    ``dskd-code`` reproduces the official DSKD criterion the paper's MinED numbers were run with
+    (T = 2.0, DTW over the input tokens, a student position accepted only with exactly one DTW
+    partner AND student id == map(teacher id), many-to-one keeps the first teacher id, DTW ties
+    broken as its ``dtw(teacher, student)`` call does).
     """
 
-    kd_rate: float = 0.5
-    temperature: float = 1.0
-    match: str = "one_to_one"
-    vocab_map_path: str | None = None
-    cache_size: int = 100_000
-    chunk_positions: int | None = None
+    PRESETS = {"default": {}, "dskd-code": DSKD_CODE}
+
+    preset: Literal["default", "dskd-code"] = option(
+        "default", "default: FuseLLM's criterion as METHOD.md describes it. dskd-code: the official DSKD criterion "
+        "(temperature 2.0, DTW over input tokens, one partner AND id match, many-to-one keeps the first teacher id). "
+        "Explicit options override the preset.")
+    kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate kd (DSKD code base convention).", ge=0, le=1)
+    temperature: float = option(1.0, "Softmax temperature of both sides in the kd term (the DSKD scripts use 2.0).", gt=0)
+    align_tokens: Literal["target", "input"] = option(
+        "target", "Tokens the DTW aligns at the response positions: target (the token each position predicts) or "
+        "input (the token fed at that position, as the official code).")
+    match: Literal["one_to_one", "single_teacher"] = option(
+        "one_to_one", "Which DTW pairs count as aligned: one_to_one (the student token has exactly one partner and that "
+        "teacher token no other student partner) or single_teacher (exactly one partner; teacher tokens may be shared).")
+    require_id_match: bool = option(False, "Also require student id == map(teacher id) of the aligned tokens (official).")
+    many_to_one: Literal["max", "first"] = option(
+        "max", "Several teacher ids mapping to one student id: max (merge their logits by max) or first (keep the lowest "
+        "teacher id, as the official mapping file read in id order).")
+    dtw_ties: Literal["student-first", "teacher-first"] = option(
+        "student-first", "DTW back-tracking on ties: diagonal, then a student step (student-first) or a teacher step "
+        "(teacher-first, as the official dtw(teacher_tokens, student_tokens)).")
+    vocab_map_path: str | None = option(
+        None, "A torch.save'd 1-D long tensor (teacher id -> student id, -1 unmapped) or a dwakd vocab-map cache file; "
+              "when set the map is not built from the tokenizers.")
+    cache_size: int = option(100_000, "Token alignments kept in memory (cleared when full).", ge=0)
+    chunk_positions: int | None = option(None, "Positions per chunk; null = about 2M vocabulary entries a chunk.", ge=1)
 
     def validate(self, where: str = "method") -> None:
-        check_rate(where, "kd_rate", self.kd_rate, upper=1.0)
-        if not self.temperature > 0:
-            raise ConfigError(f"{where}.temperature must be > 0, got {self.temperature!r}")
-        if self.match not in MATCH_RULES:
-            raise ConfigError(f"{where}.match must be one of {MATCH_RULES}, got {self.match!r}")
         if self.vocab_map_path is not None and not Path(self.vocab_map_path).is_file():
             raise ConfigError(f"{where}.vocab_map_path: no such file {self.vocab_map_path}")
-        if self.cache_size < 0:
-            raise ConfigError(f"{where}.cache_size must be >= 0, got {self.cache_size!r}")
-        if self.chunk_positions is not None and self.chunk_positions < 1:
-            raise ConfigError(f"{where}.chunk_positions must be >= 1 or null, got {self.chunk_positions!r}")
 
 
 def aligned_partner(pairs, n_student: int, n_teacher: int, match: str = "one_to_one") -> list[int]:
@@ -124,6 +154,10 @@ class MinED(DistillMethod):
     description = "MinED (FuseLLM): edit-distance DTW token alignment and vocabulary map, KL where aligned"
     Options = MinEDOptions
 
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
+
     def __init__(self, student, teacher, options: MinEDOptions):
         super().__init__(student, teacher, options)
         # a plain attribute, not a buffer: no DDP buffer broadcast, no checkpoint entry
@@ -163,8 +197,14 @@ class MinED(DistillMethod):
         key = (device, teacher_width)
         if self._gather_index is None or self._gather_index[:2] != key:
             width = min(self.vocab_map.numel(), teacher_width)
-            cols = (self.vocab_map[:width] >= 0).nonzero().squeeze(1)
+            cols = (self.vocab_map[:width] >= 0).nonzero().squeeze(1)  # ascending teacher ids
             dst = self.vocab_map[cols]
+            if self.options.many_to_one == "first" and cols.numel():
+                # keep, per student id, only the lowest teacher id mapping to it
+                first = torch.full((int(dst.max()) + 1,), cols.numel(), dtype=torch.long)
+                first.scatter_reduce_(0, dst, cols, reduce="amin")
+                keep = first[dst] == cols
+                cols, dst = cols[keep], dst[keep]
             top = int(dst.max()) if dst.numel() else -1
             self._gather_index = (*key, cols.to(device), dst.to(device), top)
         cols, dst, top = self._gather_index[2:]
@@ -197,15 +237,16 @@ class MinED(DistillMethod):
         s_tok, t_tok = self._tokenizers
         out = []
         for b in range(bsz):
-            s_ids = _response_ids(batch.student, b)
-            t_ids = _response_ids(batch.teacher, b)
+            s_ids = _response_ids(batch.student, b, self.options.align_tokens)
+            t_ids = _response_ids(batch.teacher, b, self.options.align_tokens)
             key = (s_ids, t_ids)
             pairs = self._cache.get(key)
             if pairs is None:
-                pairs = [
-                    (int(i), int(j))
-                    for i, j in mined_token_alignment(s_tok.convert_ids_to_tokens(list(s_ids)), t_tok.convert_ids_to_tokens(list(t_ids)))
-                ]
+                s_toks, t_toks = s_tok.convert_ids_to_tokens(list(s_ids)), t_tok.convert_ids_to_tokens(list(t_ids))
+                if self.options.dtw_ties == "teacher-first":  # DTW over (teacher, student), pairs swapped back
+                    pairs = [(int(i), int(j)) for j, i in mined_token_alignment(t_toks, s_toks)]
+                else:
+                    pairs = [(int(i), int(j)) for i, j in mined_token_alignment(s_toks, t_toks)]
                 if len(self._cache) >= self.options.cache_size:
                     self._cache.clear()
                 if self.options.cache_size:
@@ -221,27 +262,36 @@ class MinED(DistillMethod):
                 "MinED has no vocabulary map: call method.attach_tokenizers(student_tokenizer, teacher_tokenizer) "
                 "once before training, or set the option vocab_map_path"
             )
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        (s_x, s_w), (t_x, t_w) = row_source(student_out), row_source(teacher_out, detach=True)
         smask, tmask = batch.student.target_mask.bool(), batch.teacher.target_mask.bool()
         n_s, n_t = smask.sum(1).tolist(), tmask.sum(1).tolist()
         partner = []
         for b, pairs in enumerate(self._pairs_for_batch(batch)):
             partner.extend(aligned_partner(pairs, n_s[b], n_t[b], opts.match))
-        device = s_logits.device
+        device = s_x.device
         s_batch, s_pos = smask.nonzero(as_tuple=True)
         j = torch.tensor(partner, dtype=torch.long, device=device)
         aligned = j >= 0
         t_table = rank_table(tmask)
         t_pos = torch.where(aligned, t_table[s_batch, j.clamp(min=0)], 0)
+        if opts.require_id_match:  # student id == map(teacher id) of the aligned tokens
+            ids = "input_ids" if opts.align_tokens == "input" else "target_ids"
+            s_id = getattr(batch.student, ids)[s_batch, s_pos]
+            t_id = getattr(batch.teacher, ids)[s_batch, t_pos].clamp(min=0)
+            vm = self.vocab_map.to(device)
+            mapped = torch.where(t_id < vm.numel(), vm[t_id.clamp(max=vm.numel() - 1)], -1)
+            aligned = aligned & (mapped == s_id)
 
         gold = batch.student.target_ids[s_batch, s_pos]
-        zs = s_logits[s_batch, s_pos]
-        cols, dst = self._columns(device, t_logits.shape[-1], zs.shape[-1])
+        zs = s_x[s_batch, s_pos]  # logits rows, or hidden rows (logits formed per chunk)
+        v_s, v_t = student_out.vocab_size, teacher_out.vocab_size
+        cols, dst = self._columns(device, v_t, v_s)
         temp = opts.temperature
 
         def per_chunk(zs_c, tb_c, tp_c, gold_c, aligned_c):
             # teacher rows gathered per chunk (no grad); unaligned rows zeroed (never padding values)
-            zt_c = t_logits[tb_c, tp_c].masked_fill(~aligned_c.unsqueeze(1), 0)
+            zs_c = rows_to_logits(zs_c, s_w)
+            zt_c = rows_to_logits(t_x[tb_c, tp_c], t_w).masked_fill(~aligned_c.unsqueeze(1), 0)
             ce = -gold_log_probs(zs_c, gold_c)
             if temp == 1.0:
                 one_hot = ce
@@ -250,19 +300,21 @@ class MinED(DistillMethod):
             kl = mapped_kl(zs_c, gather_to_student_vocab(zt_c, cols, dst, zs_c.shape[-1]), temp)
             return ce, torch.where(aligned_c, kl, one_hot)
 
-        chunk = chunk_size_for(max(zs.shape[-1], t_logits.shape[-1]), opts.chunk_positions)
+        chunk = chunk_size_for(max(v_s, v_t), opts.chunk_positions)
         ce, kd = chunked_rows(per_chunk, zs, s_batch, t_pos, gold, aligned, chunk=chunk)
         return LossTerms(
             terms={"ce": ce.sum(), "kd": kd.sum()},
             n_tokens=smask.sum(),
             rates={"ce": 1.0 - opts.kd_rate, "kd": opts.kd_rate},
-            stats={"mined_aligned_frac": float(aligned.float().mean()) if aligned.numel() else 0.0},
+            stats={"mined_aligned_frac": aligned.float().sum() / max(aligned.numel(), 1)},
         )
 
 
-def _response_ids(side, b: int) -> tuple[int, ...]:
-    """Example ``b``'s response target ids in order (what its response positions predict)."""
-    return tuple(side.target_ids[b][side.target_mask[b].bool()].tolist())
+def _response_ids(side, b: int, which: str = "target") -> tuple[int, ...]:
+    """Example ``b``'s ids at its response positions, in order: the ``target`` ids (what the positions
+    predict) or the ``input`` ids (what is fed there)."""
+    ids = side.target_ids if which == "target" else side.input_ids
+    return tuple(ids[b][side.target_mask[b].bool()].tolist())
 
 
 __all__ = ["MinED", "MinEDOptions", "aligned_partner", "gather_to_student_vocab", "mapped_kl"]

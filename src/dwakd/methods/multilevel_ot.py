@@ -30,16 +30,24 @@ the k-th teacher response position, truncated to the shorter response).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from dwakd.errors import ConfigError
-from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.uld import check_rate, chunk_size_for, chunked_rows, gold_log_probs, response_rows, upcast
+from dwakd.config.typed import option
+from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions, TeacherNeeds
+from dwakd.methods.rows import (
+    chunk_size_for,
+    chunked_rows,
+    gold_log_probs,
+    response_rows,
+    row_source,
+    rows_to_logits,
+    upcast,
+)
 
 ZSCORE_EPS = 1e-8
-SINKHORN_POSITIONS = ("all", "paired")
 
 
 def topk_log_probs(logits: torch.Tensor, k: int, temperature: float = 1.0) -> torch.Tensor:
@@ -93,45 +101,21 @@ def pad_rows(flat: torch.Tensor, counts: torch.Tensor):
 
 @dataclass
 class MultiLevelOTOptions(MethodOptions):
-    """Options of :class:`MultiLevelOT` (module docstring for the terms).
+    """Options of :class:`MultiLevelOT` (module docstring for the terms)."""
 
-    - ``kd_rate`` (0.5): objective ``(1 - kd_rate) * ce + kd_rate * (w_abs ot_abs + w_log ot_log
-      + w_sinkhorn ot_sinkhorn)`` (DSKD code base convention).
-    - ``abs_weight``, ``log_weight``, ``sinkhorn_weight`` (1.0 each) [I]: METHOD.md gives no weights.
-    - ``top_k`` (50) [P]; ``temperature`` (1.0) [I], applied after the z-normalisation.
-    - ``sinkhorn_epsilon`` (0.1) [P]; ``sinkhorn_iters`` (20) [I]; ``sinkhorn_debias`` (False) [I]:
-      when True the value is ``OT(t, s) - (OT(t, t) + OT(s, s)) / 2`` (0 for identical sequences).
-    - ``sinkhorn_positions`` (``all``) [I]: ``all`` response positions or only the ``paired`` ones.
-    - ``chunk_positions`` (None): positions per chunk; None = about 2M vocabulary entries a chunk.
-    """
-
-    kd_rate: float = 0.5
-    abs_weight: float = 1.0
-    log_weight: float = 1.0
-    sinkhorn_weight: float = 1.0
-    top_k: int = 50
-    temperature: float = 1.0
-    sinkhorn_epsilon: float = 0.1
-    sinkhorn_iters: int = 20
-    sinkhorn_debias: bool = False
-    sinkhorn_positions: str = "all"
-    chunk_positions: int | None = None
-
-    def validate(self, where: str = "method") -> None:
-        check_rate(where, "kd_rate", self.kd_rate, upper=1.0)
-        for name in ("abs_weight", "log_weight", "sinkhorn_weight"):
-            check_rate(where, name, getattr(self, name))
-        if self.top_k < 1:
-            raise ConfigError(f"{where}.top_k must be >= 1, got {self.top_k!r}")
-        for name in ("temperature", "sinkhorn_epsilon"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{where}.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.sinkhorn_iters < 1:
-            raise ConfigError(f"{where}.sinkhorn_iters must be >= 1, got {self.sinkhorn_iters!r}")
-        if self.sinkhorn_positions not in SINKHORN_POSITIONS:
-            raise ConfigError(f"{where}.sinkhorn_positions must be one of {SINKHORN_POSITIONS}, got {self.sinkhorn_positions!r}")
-        if self.chunk_positions is not None and self.chunk_positions < 1:
-            raise ConfigError(f"{where}.chunk_positions must be >= 1 or null, got {self.chunk_positions!r}")
+    kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate (abs_weight ot_abs + log_weight ot_log + "
+                            "sinkhorn_weight ot_sinkhorn) (DSKD code base convention).", ge=0, le=1)
+    abs_weight: float = option(1.0, "Weight of the token-level absolute-difference term [I].", ge=0)
+    log_weight: float = option(1.0, "Weight of the token-level logarithmic term [I].", ge=0)
+    sinkhorn_weight: float = option(1.0, "Weight of the sequence-level Sinkhorn term [I].", ge=0)
+    top_k: int = option(50, "Ranks kept after z-normalisation [P].", ge=1)
+    temperature: float = option(1.0, "Temperature applied after the z-normalisation [I].", gt=0)
+    sinkhorn_epsilon: float = option(0.1, "Entropic regularisation epsilon [P].", gt=0)
+    sinkhorn_iters: int = option(20, "Log-domain Sinkhorn iterations [I].", ge=1)
+    sinkhorn_debias: bool = option(False, "Use OT(t, s) - (OT(t, t) + OT(s, s)) / 2 (0 for identical sequences) [I].")
+    sinkhorn_positions: Literal["all", "paired"] = option("all", "Positions in the sequence-level OT: all response "
+                                                          "positions of each side, or only the paired ones [I].")
+    chunk_positions: int | None = option(None, "Positions per chunk; null = about 2M vocabulary entries a chunk.", ge=1)
 
 
 class MultiLevelOT(DistillMethod):
@@ -141,29 +125,35 @@ class MultiLevelOT(DistillMethod):
     description = "MultiLevelOT: z-scored top-k rank distributions, token-level abs/log costs and sequence-level Sinkhorn"
     Options = MultiLevelOTOptions
 
+    def teacher_needs(self) -> TeacherNeeds:
+        """Teacher logits at the response positions only."""
+        return TeacherNeeds(hidden=False, embeddings=False)
+
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: MultiLevelOTOptions = self.options
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        (s_x, s_w), (t_x, t_w) = row_source(student_out), row_source(teacher_out, detach=True)
         smask, tmask = batch.student.target_mask.bool(), batch.teacher.target_mask.bool()
-        k = min(opts.top_k, s_logits.shape[-1], t_logits.shape[-1])
+        v_s, v_t = student_out.vocab_size, teacher_out.vocab_size
+        k = min(opts.top_k, v_s, v_t)
         temp = opts.temperature
 
         # student rows (with grad): gold CE and rank distributions
         rows = response_rows(smask, tmask)
-        zs = s_logits[rows.s_batch, rows.s_pos]
+        zs = s_x[rows.s_batch, rows.s_pos]  # logits rows, or hidden rows (logits formed per chunk)
         gold = batch.student.target_ids[rows.s_batch, rows.s_pos]
 
         def student_chunk(zs_c, gold_c):
+            zs_c = rows_to_logits(zs_c, s_w)
             return -gold_log_probs(zs_c, gold_c), topk_log_probs(zs_c, k, temp)
 
-        ce, lq_s = chunked_rows(student_chunk, zs, gold, chunk=chunk_size_for(zs.shape[-1], opts.chunk_positions))
+        ce, lq_s = chunked_rows(student_chunk, zs, gold, chunk=chunk_size_for(v_s, opts.chunk_positions))
 
         # teacher rows (no grad): every teacher response position, in order
         t_batch, t_pos = tmask.nonzero(as_tuple=True)
         with torch.no_grad():
             lq_t_all = chunked_rows(
-                lambda tb_c, tp_c: topk_log_probs(t_logits[tb_c, tp_c], k, temp),
-                t_batch, t_pos, chunk=chunk_size_for(t_logits.shape[-1], opts.chunk_positions),
+                lambda tb_c, tp_c: topk_log_probs(rows_to_logits(t_x[tb_c, tp_c], t_w), k, temp),
+                t_batch, t_pos, chunk=chunk_size_for(v_t, opts.chunk_positions),
             )
         # flat teacher row of each paired student row
         t_offsets = torch.cumsum(rows.n_teacher, 0) - rows.n_teacher
@@ -184,7 +174,7 @@ class MultiLevelOT(DistillMethod):
                 "ot_log": opts.kd_rate * opts.log_weight,
                 "ot_sinkhorn": opts.kd_rate * opts.sinkhorn_weight,
             },
-            stats={"ot_pairs": float(paired.sum())},
+            stats={"ot_pairs": paired.sum()},
         )
 
     @staticmethod

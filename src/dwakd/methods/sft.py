@@ -8,31 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dwakd.errors import ConfigError
-from dwakd.methods._chunked import DEFAULT_CHUNK_ELEMENTS, RowSide, fused_rows
+from dwakd.config.typed import option
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.cma import compact
+from dwakd.methods.divergences import DEFAULT_CHUNK_ELEMENTS
+from dwakd.methods.rows import gold_cross_entropy
 
 
 @dataclass
 class SFTOptions(MethodOptions):
-    """- ``chunk_elements``: rows x vocabulary entries per chunk of the cross-entropy."""
+    """Options of :class:`SFT`."""
 
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-
-    def validate(self, where: str = "method") -> None:
-        c = self.chunk_elements
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise ConfigError(f"{where}.chunk_elements must be a positive integer, got {c!r}")
-
-
-def gold_cross_entropy(logits, side, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
-    """``[n]`` CE of ``logits`` ``[B, L, V]`` against ``side.target_ids`` at the response positions."""
-    comp = compact(side.target_mask)
-    gold = side.target_ids.reshape(-1).index_select(0, comp.flat)
-    out = fused_rows(RowSide(logits.reshape(-1, logits.shape[-1]), index=comp.flat, targets=gold),
-                     chunk_elements=chunk_elements)
-    return out.ce_p, comp
+    chunk_elements: int = option(DEFAULT_CHUNK_ELEMENTS, "Rows x vocabulary entries per chunk of the cross-entropy "
+                                 "(memory bound; results do not depend on it).", ge=1)
 
 
 class SFT(DistillMethod):
@@ -42,5 +29,5 @@ class SFT(DistillMethod):
     Options = SFTOptions
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
-        ce, comp = gold_cross_entropy(student_out.logits, batch.student, self.options.chunk_elements)
+        ce, comp = gold_cross_entropy(student_out, batch.student, self.options.chunk_elements)
         return LossTerms(terms={"ce": ce.sum()}, n_tokens=comp.valid.sum(), rates={"ce": 1.0})

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-
 from dwakd.config import DwakdConfig, where
+from dwakd.config.typed import Problems
 from dwakd.errors import ConfigError
 from dwakd.methods import validate_method_options
 from dwakd.methods.registry import method_class
@@ -37,24 +35,13 @@ def check_method(cfg: DwakdConfig):
     except ImportError as e:
         raise ConfigError(f"{where(cfg, 'method.name')}: method '{name}' is registered but its code could not "
                           f"be imported ({e})") from e
-    known = [f.name for f in dataclasses.fields(cls.Options)]
-    problems = []
-    for key in cfg.method.options:
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            msg = f"{where(cfg, f'method.{key}')}: unknown option 'method.{key}' for method '{name}'"
-            msg += f"; did you mean '{hint[0]}'?" if hint else ""
-            msg += f" (options of {name}: {', '.join(known) or 'none'})"
-            problems.append(msg)
-    if problems:
-        raise ConfigError(problems[0] if len(problems) == 1 else
-                          f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
+    problems = Problems(getattr(cfg, "_sources", {}), getattr(cfg, "_origin", "config"))
     try:
-        validate_method_options(name, cfg.method.options, where="method")
-    except ConfigError as e:
-        raise ConfigError(f"{_option_where(cfg, str(e))}: {e}") from None
-    except TypeError as e:  # a wrong-typed option reaching the dataclass
-        raise ConfigError(f"{_option_where(cfg, str(e))}: bad option for method '{name}': {e}") from None
+        opts = validate_method_options(name, cfg.method.options, problems=problems)
+    except TypeError as e:  # an Options class whose fields the typed builder cannot take
+        raise ConfigError(f"{where(cfg, 'method')}: bad option for method '{name}': {e}") from None
+    # the converted values (``1e-1`` read by YAML 1.1 as a string arrives as a float)
+    cfg.method.options = {key: getattr(opts, key) for key in cfg.method.options}
     if cls.needs_teacher and not cfg.model.teacher:
         raise ConfigError(f"{where(cfg, 'model.teacher')}: method '{name}' needs a teacher; set model.teacher")
     return cls

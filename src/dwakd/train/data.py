@@ -98,11 +98,8 @@ def split_dev(records: list, fraction: float, seed: int) -> tuple[list, list]:
 
 def check_tokenizer_compatibility(cfg: DwakdConfig, method_cls, student_tok, teacher_tok) -> None:
     """Let the method refuse a tokenizer pair it cannot use (e.g. ``kd`` with different vocabularies)."""
-    hook = getattr(method_cls, "check_tokenizers", None)
-    if hook is None:
-        return
     try:
-        hook(student_tok, teacher_tok)
+        method_cls.check_tokenizers(student_tok, teacher_tok)  # DistillMethod's default accepts every pair
     except ValueError as e:  # ConfigError is a ValueError too
         raise type(e)(f"{where(cfg, 'method.name')}: {e}") from None
 

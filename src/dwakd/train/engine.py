@@ -113,14 +113,11 @@ class Engine:
 
 
 def call_method_hooks(method, data) -> None:
-    """Give the method the tokenizers when it asks for them, once, before training (and before a resume
-    restores its weights): ``attach_tokenizers`` (kd: vocabulary check; dskd/dwakd: logit-preserving
-    projector init) and ``prepare`` (MinED: vocabulary map and token alignments). A method's
-    ``check_tokenizers`` classmethod runs earlier, before any model loads (:mod:`dwakd.train.data`)."""
-    for name in ("attach_tokenizers", "prepare"):
-        hook = getattr(method, name, None)
-        if callable(hook):
-            hook(data.student_tokenizer, data.teacher_tokenizer)
+    """Give the method the tokenizers, once, before training (and before a resume restores its weights):
+    ``DistillMethod.attach_tokenizers`` (kd: vocabulary check; dskd/dwakd: logit-preserving projector
+    init; MinED: vocabulary map). ``check_tokenizers`` runs earlier, before any model loads
+    (:mod:`dwakd.train.data`)."""
+    method.attach_tokenizers(data.student_tokenizer, data.teacher_tokenizer)
 
 
 def teacher_runner(cfg: DwakdConfig, data, method, teacher, autocast):
@@ -128,18 +125,19 @@ def teacher_runner(cfg: DwakdConfig, data, method, teacher, autocast):
     is ``auto`` and ``dwakd cache-teacher`` built one for exactly this teacher and data."""
     if teacher is None or cfg.model.teacher_cache == "off":
         return TeacherRunner(teacher, autocast=autocast)
-    from dwakd.train.teacher_cache import CachedTeacherRunner, cache_supported, open_cache_if_present
+    from dwakd.train.teacher_cache import CachedTeacherRunner, open_cache_if_present
 
-    reason = cache_supported(method)
     cache = open_cache_if_present(cfg.model.teacher, data.teacher_tokenizer, list(data.train) + list(data.dev),
                                   data.collator)
     if cache is None:
         return TeacherRunner(teacher, autocast=autocast)
+    cached = CachedTeacherRunner(teacher, cache)
+    reason = cached.can_serve(method.teacher_needs())  # the method's declared capability decides
     if reason is not None:
         log.warning("teacher cache %s not used: %s", cache.path, reason)
         return TeacherRunner(teacher, autocast=autocast)
     log.info("using the teacher cache %s (the teacher runs no forward pass)", cache.path)
-    return CachedTeacherRunner(teacher, cache)
+    return cached
 
 
 def build_engine(cfg: DwakdConfig, data, accelerator, method_cls, total_steps: int, *, teacher=None) -> Engine:

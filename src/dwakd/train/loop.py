@@ -152,7 +152,7 @@ class Trainer:
         names: list[str] | None = None
         sums: torch.Tensor | None = None  # [total, *terms] token sums, on the device (one sync per step)
         acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
-        stats: dict[str, list[float]] = defaultdict(list)
+        stats: dict[str, list[torch.Tensor]] = defaultdict(list)  # stays on the device until the one sync
         nonfinite_in: torch.Tensor | None = None  # NaN/+inf in the models' logits or hidden states
         for i, batch in enumerate(batches):
             batch = batch.to(acc.device)
@@ -169,10 +169,15 @@ class Trainer:
                 if flag is not None:
                     nonfinite_in = flag.to(acc.device) if nonfinite_in is None else nonfinite_in | flag.to(acc.device)
                 for k, v in terms.stats.items():
-                    stats[k].append(float(v))
+                    stats[k].append(torch.as_tensor(v).detach().to(device=acc.device, dtype=acc_dtype).reshape(()))
                 self._check_n_tokens(terms, batch)
                 acc.backward(total * scale)
-        local = sums.tolist()  # a non-finite micro-batch value makes its sum non-finite
+        # the step's one host sync: loss terms and every method stat together
+        host = torch.cat([sums] + [torch.stack(v) for v in stats.values()]).tolist()
+        local, pos, stat_means = host[:len(sums)], len(sums), {}
+        for k, v in stats.items():
+            stat_means[k], pos = sum(host[pos:pos + len(v)]) / len(v), pos + len(v)
+        # (a non-finite micro-batch value makes its sum non-finite)
         bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
         if not math.isfinite(local[0]):
             bad_terms.add("total")
@@ -188,7 +193,7 @@ class Trainer:
         out = {"n_tokens": n_tok, "n_input": n_input, "n_examples": n_examples, "grad_norm": grad_norm,
                "loss": reduced[0].item() / n_tok}
         out.update({f"term/{n}": reduced[1 + k].item() / n_tok for k, n in enumerate(names)})
-        out.update({f"stat/{k}": sum(v) / len(v) for k, v in stats.items() if v})
+        out.update({f"stat/{k}": v for k, v in stat_means.items()})
         out.update(current_lrs(self.engine.optimizer))
         if bad:
             self.engine.optimizer.zero_grad(set_to_none=True)

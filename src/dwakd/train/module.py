@@ -27,7 +27,7 @@ class DistillModule(nn.Module):
         self.nonfinite_inputs: torch.Tensor | None = None
 
     def forward(self, batch, teacher_out: ModelOutputs | None) -> LossTerms:
-        student_out = run_model(self.student, batch.student)
+        student_out = run_model(self.student, batch.student, output_logits=False)  # methods work on hidden rows + head
         self.nonfinite_inputs = nonfinite_outputs(student_out, teacher_out)
         return self.method(student_out, teacher_out, batch)
 
@@ -44,6 +44,8 @@ def nonfinite_outputs(*outs: ModelOutputs | None) -> torch.Tensor:
             if out is None:
                 continue
             for t in (out.logits, out.hidden):
+                if t is None:
+                    continue
                 s = torch.sum(t.detach(), dtype=torch.float32)
                 flags.append(torch.isnan(s) | torch.isposinf(s))
     if not flags:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Protocol
 
 import torch
 
@@ -47,6 +48,17 @@ def load_teacher(spec: str, *, dtype: torch.dtype, device: torch.device, trust_r
     return freeze(model).to(device)
 
 
+class TeacherSource(Protocol):
+    """What the loop calls for the teacher's outputs: the live :class:`TeacherRunner` or the
+    :class:`~dwakd.train.teacher_cache.CachedTeacherRunner`, chosen by the method's declared
+    :class:`~dwakd.methods.TeacherNeeds`."""
+
+    def can_serve(self, needs) -> str | None:
+        """``None`` when this source provides what ``needs`` declares, else why not."""
+
+    def __call__(self, batch) -> ModelOutputs | None: ...
+
+
 class TeacherRunner:
     """Produces the teacher's :class:`ModelOutputs` for a batch (or ``None`` when the method needs no teacher).
 
@@ -58,9 +70,13 @@ class TeacherRunner:
         self.model = model
         self.autocast = autocast
 
+    def can_serve(self, needs) -> str | None:
+        """The live teacher provides every field at every position."""
+        return None if (needs is None or self.model is not None) else "no teacher model is loaded"
+
     def __call__(self, batch) -> ModelOutputs | None:
         if self.model is None:
             return None
         ctx = self.autocast() if self.autocast is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
-            return run_model(self.model, batch.teacher)
+            return run_model(self.model, batch.teacher, output_logits=False)

@@ -11,8 +11,9 @@ from the frozen teacher's own modules, which stay loaded but never run a forward
 
 Outside the response positions the rebuilt hidden states and logits are zero: every method reads
 teacher outputs only where ``batch.teacher.target_mask`` is True (the default
-``dtw_positions: response``); a method option that reads prompt positions (``dwakd``'s
-``dtw_positions: prefix``) refuses the cache (see :func:`cache_supported`).
+``TeacherNeeds.positions == "response"``); a method that declares ``all`` positions (e.g.
+``dtw_positions: prefix`` or ``cma_std: padded-batch``) is refused with its reason
+(:func:`cache_can_serve`).
 
 Keys. Each example is keyed by a hash of its teacher-side ``input_ids`` and ``labels`` (so the
 key changes with the data, the teacher tokenizer, the prompt format and the truncation rule), and
@@ -46,7 +47,7 @@ import torch
 from dwakd.errors import DwakdError
 from dwakd.fsio import atomic_directory, sha256_file
 from dwakd.models.home import dwakd_home
-from dwakd.models.outputs import ModelOutputs
+from dwakd.models.outputs import ModelOutputs, plain_head
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,15 @@ def _row_keys(side) -> list[str]:
     return keys
 
 
-def cache_supported(method) -> str | None:
-    """``None`` when ``method`` can use cached teacher outputs, else the reason it cannot."""
-    opts = getattr(method, "options", None)
-    if getattr(opts, "dtw_positions", "response") == "prefix":
-        return "method option dtw_positions=prefix reads the teacher's prompt positions, which the cache does not store"
+def cache_can_serve(needs) -> str | None:
+    """``None`` when the cache can serve a method declaring ``needs``
+    (:class:`dwakd.methods.TeacherNeeds`), else the reason it cannot. The cache rebuilds logits and
+    hidden states at the response positions only; embeddings everywhere."""
+    if needs is None:
+        return "the method needs no teacher"
+    if needs.positions != "response" and (needs.hidden or needs.logits):
+        return (needs.why or "the method reads teacher outputs outside the response positions") + \
+            ", which the cache does not store"
     return None
 
 
@@ -261,6 +266,9 @@ class TeacherCache:
                 raise TeacherCacheError(f"teacher cache {self.path}: an example has {rows.shape[0]} cached response "
                                         f"positions but the batch has {positions.numel()}; rebuild the cache")
             hidden[row, positions] = rows.to(device=device, dtype=torch.float32)
+        if plain_head(teacher) is not None:  # the methods form logits rows from hidden rows + head
+            return ModelOutputs(logits=None, hidden=hidden, input_embeds=emb(side.input_ids),
+                                target_embeds=emb(side.target_ids.clamp(min=0)), head_weight=head.weight)
         with torch.no_grad():
             # The head runs on the response rows only; other rows stay zero (no method reads them).
             weight = head.weight
@@ -284,6 +292,9 @@ class CachedTeacherRunner:
     def __init__(self, model: torch.nn.Module, cache: TeacherCache):
         self.model = model
         self.cache = cache
+
+    def can_serve(self, needs) -> str | None:
+        return cache_can_serve(needs)
 
     def __call__(self, batch) -> ModelOutputs:
         return self.cache.outputs(self.model, batch.teacher)
