@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast lint demo demo-quick bench bench-deps clean
+.PHONY: install test test-fast test-triton lint demo demo-quick bench bench-deps clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+# The Triton soft-DTW kernels, run by Triton's interpreter on CPU tensors (no GPU needed; slow:
+# minutes). Installs the pinned triton into the venv first.
+test-triton: $(STAMP)
+	$(PIP) install -q -c requirements.lock -e ".[triton]"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider -m triton -rs tests/test_soft_dtw_triton.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
