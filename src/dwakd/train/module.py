@@ -22,6 +22,15 @@ class DistillModule(nn.Module):
         self.student = student
         self.method = method
 
+    def tie_weights(self) -> None:
+        """Re-tie the student's tied weights (input embedding = LM head). Accelerate's FSDP2 prepare
+        moves the module to the meta device and reloads it (``cpu_ram_efficient_loading``, on by
+        default in ``accelerate launch``), then calls ``tie_weights()`` on the prepared module: without
+        this, a tied student would train its embedding and its head as two parameters."""
+        tie = getattr(self.student, "tie_weights", None)
+        if callable(tie):
+            tie()
+
     def forward(self, batch, teacher_out: ModelOutputs | None) -> LossTerms:
         student_out = run_model(self.student, batch.student)
         return self.method(student_out, teacher_out, batch)
