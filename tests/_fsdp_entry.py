@@ -1,4 +1,4 @@
-"""Entry point for ``accelerate launch`` in the FSDP / DeepSpeed tests: registers the test method,
+"""Entry point for ``accelerate launch`` in the FSDP / DeepSpeed tests (CPU shims below): registers the test method,
 records where each process holds the teacher's and the trained module's parameters (file named by
 ``DWAKD_TEST_PLACEMENT``, one JSON per rank), then runs the CLI."""
 
@@ -35,6 +35,25 @@ def _fsdp_on_cpu() -> None:
             self.fsdp_plugin = plugin
 
     AcceleratorState.__init__ = init
+
+
+def _deepspeed_on_cpu() -> None:
+    """Accelerate gives DeepSpeed processes no backend without an accelerator device (it then counts
+    one process); DeepSpeed itself runs on CPU (DS_ACCELERATOR=cpu, gloo). This test-only shim
+    hands Accelerate gloo for them; the DeepSpeed engine, its ZeRO optimizer and the trainer are the
+    real code."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    real = PartialState._prepare_backend
+
+    def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        b, t = real(self, cpu, sagemaker_dp, backend)
+        if b is None and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            return "gloo", DistributedType.MULTI_CPU
+        return b, t
+
+    PartialState._prepare_backend = prepare_backend
 
 
 def _record_placement() -> None:
@@ -77,5 +96,7 @@ def _record_placement() -> None:
 
 if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
     _fsdp_on_cpu()
+if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and os.environ.get("DS_ACCELERATOR") == "cpu":
+    _deepspeed_on_cpu()
 _record_placement()
 sys.exit(main(sys.argv[1:]))

@@ -8,10 +8,18 @@ micro-batch's ``total * W / N``: DDP averages gradients over the W processes, so
 gradient is exactly ``d/dθ sum_m total(m) / N`` however the step's examples are split into
 micro-batches and processes.
 
+DeepSpeed ZeRO: the engine accumulates, reduces, clips and steps inside the backward of the
+micro-batch it is told is the accumulation boundary. N is known before the first backward (the
+step plan gives every micro-batch up front), so each backward gets ``total * W / N`` with
+``scale_wrt_gas=False`` and only the step's last micro-batch is the boundary: the same update.
+The non-finite check is made before that last backward (see below).
+
 Non-finite values: when any loss term (on any process) or the gradient norm is not finite, the
 step's gradients are dropped and the optimizer does not step; the data position and the learning
 rate schedule still advance (so a skipped step never repeats its batch). ``train.max_bad_steps``
-consecutive skips stop the run with :class:`NonFiniteLossError`.
+consecutive skips stop the run with :class:`NonFiniteLossError`. Under DeepSpeed the step is
+decided before the boundary's backward and a bad step's boundary loss is multiplied by NaN, so
+DeepSpeed's own non-finite-gradient skip drops it (its gradient norm reads inf, also marking it bad).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from dwakd.train.checkpoint import (
     TrainerState,
     student_state_dict,
 )
-from dwakd.train.engine import Engine
+from dwakd.train.engine import Engine, is_deepspeed
 from dwakd.train.metrics import MetricsWriter, peak_memory_mb
 from dwakd.train.optim import current_lrs
 from dwakd.train.rundir import model_card
@@ -152,9 +160,12 @@ class Trainer:
         sums: torch.Tensor | None = None  # [total, *terms] token sums, on the device (one sync per step)
         acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
         stats: dict[str, list[float]] = defaultdict(list)
+        ds = is_deepspeed(acc)
         for i, batch in enumerate(batches):
             batch = batch.to(acc.device)
             sync = i == len(batches) - 1
+            if ds:  # DeepSpeed reduces and steps inside the backward of its accumulation boundary
+                acc.gradient_state._set_sync_gradients(sync)
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 teacher_out = self.engine.teacher_runner(batch)
                 terms = self.model(batch, teacher_out)
@@ -166,12 +177,20 @@ class Trainer:
                 for k, v in terms.stats.items():
                     stats[k].append(float(v))
                 self._check_n_tokens(terms, batch)
-                acc.backward(total * scale)
-        local = sums.tolist()  # a non-finite micro-batch value makes its sum non-finite
-        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
-        if not math.isfinite(local[0]):
-            bad_terms.add("total")
-        reduced = self._reduce(local + [float(bool(bad_terms))])
+                if ds and sync:
+                    # Decide the step before the engine steps: a non-finite term on any process makes
+                    # the boundary's gradient NaN, so DeepSpeed's own non-finite check skips the step.
+                    local, bad_terms = self._bad_terms(sums, names)
+                    reduced = self._reduce(local + [float(bool(bad_terms))])
+                    if reduced[-1].item() > 0:
+                        total = total * float("nan")
+                if ds:  # the step's N is already in ``scale``: no division by DeepSpeed's accumulation
+                    acc.backward(total * scale, scale_wrt_gas=False)
+                else:
+                    acc.backward(total * scale)
+        if not ds:
+            local, bad_terms = self._bad_terms(sums, names)
+            reduced = self._reduce(local + [float(bool(bad_terms))])
         # all parameters (frozen ones have no gradient): accelerate's FSDP path needs the model's full list
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
@@ -191,6 +210,15 @@ class Trainer:
         self.engine.optimizer.zero_grad(set_to_none=True)
         out["step_time_s"] = time.perf_counter() - t0
         return out
+
+    @staticmethod
+    def _bad_terms(sums: torch.Tensor, names: list[str]) -> tuple[list[float], set[str]]:
+        """This process's step sums as floats, and the names of the non-finite ones."""
+        local = sums.tolist()  # a non-finite micro-batch value makes its sum non-finite
+        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
+        if not math.isfinite(local[0]):
+            bad_terms.add("total")
+        return local, bad_terms
 
     def _check_n_tokens(self, terms, batch) -> None:
         """Once per run: the method's ``n_tokens`` should be the batch's student response tokens."""
