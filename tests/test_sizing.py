@@ -155,3 +155,11 @@ def test_dry_run_prints_the_estimate_for_n_processes(tmp_path, capsys, tiny_teac
     assert f"per GPU: {mem['total'] / GIB:.1f} of 80 GiB (fits)" in out
     assert main(["train", str(path), "--processes", "2"]) == 2  # only with --dry-run
     assert main(["train", str(path), "--dry-run", "--processes", "0"]) == 2
+
+
+def test_scaling_doc_tables_are_current():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "SCALING.md").read_text(encoding="utf-8")
+    assert sizing.scaling_markdown(root / "configs") in doc, "regenerate the tables of docs/SCALING.md"

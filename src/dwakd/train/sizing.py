@@ -249,7 +249,7 @@ def format_estimate(student: Arch, teacher: Arch | None, plan: Plan, device: Dev
     """The estimate as text (printed by the dry run)."""
     mem = memory_per_gpu(student, teacher, plan, method)
     tps = tokens_per_second(student, teacher, plan, device, method=method)
-    name = {"ddp": "DDP", "zero2": "DeepSpeed ZeRO-2", "fsdp": "FSDP (or ZeRO-3)"}[plan.strategy]
+    name = {"ddp": "DDP", "zero2": "DeepSpeed ZeRO-2", "fsdp": "FSDP"}[plan.strategy]
     lines = [f"launch: {name} on {plan.gpus} x {device.name}; micro-batch {plan.micro_batch}, accumulation "
              f"{plan.grad_accum}, sequence {plan.seq}" + (f", LoRA r={plan.lora_r}" if plan.lora_r else "")
              + (", gradient checkpointing" if plan.grad_ckpt else "")]
@@ -260,3 +260,56 @@ def format_estimate(student: Arch, teacher: Arch | None, plan: Plan, device: Dev
     lines.append(f"expected throughput: ~{tps:,.0f} student tokens/s in all (efficiency {cpu_efficiency():.0%} "
                  f"of peak, from the CPU anchor; an estimate, +-50 %)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- docs/SCALING.md tables
+PAIR_CONFIGS = ("qwen1.5-1.8b_gpt2-120m.yaml", "qwen1.5-1.8b_gpt2-340m.yaml", "mistral-7b_tinyllama-1.1b.yaml",
+                "qwen2.5-7b-instruct_gpt2-1.5b.yaml", "qwen2.5-7b-instruct_opt-2.7b.yaml")
+_STRATEGY = {"ddp": "DDP", "zero2": "ZeRO-2", "fsdp": "FSDP"}
+
+
+def pair_from_yaml(path) -> dict:
+    """What the tables need of a pair config (read as plain YAML: no model, no data is touched)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    m, t, d = raw.get("model", {}), raw.get("train", {}), raw.get("data", {})
+    lora = m.get("lora")
+    return {"teacher": m["teacher"], "student": m["student"], "lora_r": lora.get("r") if lora else None,
+            "grad_ckpt": bool(m.get("gradient_checkpointing", False)), "seq": int(d.get("max_length", 512)),
+            "global_batch": int(t.get("batch_size", 8)) * int(t.get("grad_accum", 1)),
+            "method": raw.get("method", {}).get("name", "dwakd"),
+            "weight_bytes": _BYTES.get(m.get("dtype", "float32"), 4)}
+
+
+def scaling_markdown(configs_dir) -> str:
+    """The tables of ``docs/SCALING.md`` for the pair configs in ``configs_dir`` (generated; a test
+    checks the document is current)."""
+    from pathlib import Path
+
+    rows = ["| pair (config) | GPU | launch | GPUs | micro-batch x accum | LoRA | per-GPU memory | tokens/s |",
+            "|---|---|---|---:|---|---|---:|---:|"]
+    detail = []
+    for name in PAIR_CONFIGS:
+        p = pair_from_yaml(Path(configs_dir) / name)
+        s, t = KNOWN[p["student"]], KNOWN[p["teacher"]]
+        kw = dict(seq=p["seq"], method=p["method"], lora_r=p["lora_r"], grad_ckpt=p["grad_ckpt"],
+                  weight_bytes=p["weight_bytes"], teacher_bytes=2)
+        for key in ("h100", "a100-40", "24gb"):
+            dev = DEVICES[key]
+            found = recommend(s, t, global_batch=p["global_batch"], device=dev, **kw)
+            if found is None:
+                rows.append(f"| {name} | {dev.name.split(' (')[0]} | does not fit (teacher cache or bigger GPUs) | | | | | |")
+                continue
+            plan, mem = found
+            tps = tokens_per_second(s, t, plan, dev, method=p["method"])
+            rows.append(f"| {name} | {dev.name.split(' (')[0]} | {_STRATEGY[plan.strategy]} | {plan.gpus} | "
+                        f"{plan.micro_batch} x {plan.grad_accum} | {f'r={plan.lora_r}' if plan.lora_r else 'no'} | "
+                        f"{mem['total'] / GIB:.1f} GiB | {tps:,.0f} |")
+            if key == "h100":
+                parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in mem.items() if k != "total")
+                detail.append(f"- **{name}** ({p['teacher']} {t.params / 1e9:.2f}B -> {p['student']} "
+                              f"{s.params / 1e9:.2f}B; vocabularies {t.vocab:,} / {s.vocab:,}; sequence {p['seq']}, "
+                              f"global batch {p['global_batch']}): {parts} GiB")
+    return "\n".join(rows) + "\n\nPer-GPU memory by component on one H100 (GiB):\n\n" + "\n".join(detail) + "\n"
