@@ -33,10 +33,7 @@ from dwakd.train.metrics import read_metrics
 
 register_toy()
 HERE = Path(__file__).resolve().parent
-pytestmark = [
-    pytest.mark.multiprocess,
-    pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed"),
-]
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 GPU = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 
 
@@ -55,6 +52,8 @@ def launch_deepspeed(cfg: dict, tmp_path: Path, name: str, stage: int, *args: st
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
+@pytest.mark.multiprocess
+@needs_deepspeed
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_matches_one_process_and_skips_the_same_non_finite_step(
         stage, tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
@@ -102,3 +101,45 @@ def test_zero_matches_one_process_and_skips_the_same_non_finite_step(
         assert rec["teacher"]["requires_grad"] == 0
         if stage == 3:  # the trained module is partitioned across the processes
             assert rec["module"]["local_numel"] < rec["module"]["full_numel"]
+
+
+def _fake_deepspeed_accelerator(ds_config: dict, processes: int = 4):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(deepspeed_config=ds_config)
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=processes,
+                           state=SimpleNamespace(deepspeed_plugin=plugin), gradient_accumulation_steps=1)
+
+
+def test_deepspeed_config_is_fitted_to_the_run(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+    from dwakd.train.engine import check_backend
+
+    cfg = config_from_dict(base_config(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path,
+                                       batch_size=3, grad_accum=5, max_grad_norm=0.5))
+    ds = {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}, "gradient_clipping": "auto"}
+    acc = _fake_deepspeed_accelerator(ds)
+    from _train_helpers import ToyKD
+
+    check_backend(acc, cfg, type("Safe", (ToyKD,), {"supports_zero3": True}))
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 5
+    assert ds["train_batch_size"] == 3 * 5 * 4 and ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["check_grad_overflow"] is True
+    assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert acc.gradient_accumulation_steps == 5
+
+
+@pytest.mark.parametrize("method", ["dskd", "dwakd"])
+def test_zero3_is_refused_for_methods_that_read_student_weights(method, tmp_path, tiny_teacher_dir, tiny_student_dir,
+                                                                 tiny_dolly_path):
+    from dwakd.errors import ConfigError
+    from dwakd.methods.registry import method_class
+    from dwakd.train.engine import check_backend
+
+    d = base_config(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path)
+    d["method"] = {"name": method}
+    cfg = config_from_dict(d)
+    with pytest.raises(ConfigError, match="ZeRO-3 is not supported for method"):
+        check_backend(_fake_deepspeed_accelerator({"zero_optimization": {"stage": 3}}), cfg, method_class(method))
+    check_backend(_fake_deepspeed_accelerator({"zero_optimization": {"stage": 2}}), cfg, method_class(method))  # ZeRO-2 is fine

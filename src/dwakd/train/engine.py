@@ -54,9 +54,11 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def check_backend(accelerator, cfg: DwakdConfig | None = None) -> None:
+def check_backend(accelerator, cfg: DwakdConfig | None = None, method_cls=None) -> None:
     """Refuse the distributed back-ends this loop does not drive correctly (before anything is written);
-    fit DeepSpeed's config to the run (:func:`configure_deepspeed`)."""
+    fit DeepSpeed's config to the run (:func:`configure_deepspeed`). ZeRO-3 partitions the student
+    between module calls, so it is refused for methods that do not declare ``supports_zero3 = True``
+    (the built-in DSKD family reads the student's head weight directly; FSDP shards such students)."""
     from accelerate.utils import DistributedType
 
     from dwakd.errors import ConfigError
@@ -64,6 +66,12 @@ def check_backend(accelerator, cfg: DwakdConfig | None = None) -> None:
     if accelerator.distributed_type == DistributedType.MEGATRON_LM:
         raise ConfigError("Megatron-LM is not supported by the dwakd trainer; use DDP, FSDP or DeepSpeed ZeRO")
     if is_deepspeed(accelerator) and cfg is not None:
+        stage = int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+        if stage == 3 and method_cls is not None and not getattr(method_cls, "supports_zero3", False):
+            raise ConfigError(
+                f"DeepSpeed ZeRO-3 is not supported for method '{cfg.method.name}': it reads student weights outside "
+                f"the student's own module calls, where ZeRO-3 holds only a partition. Use ZeRO-2 "
+                f"(--zero_stage 2) or FSDP (--use_fsdp --fsdp_version 2) to shard the student")
         configure_deepspeed(accelerator, cfg)
 
 

@@ -50,7 +50,7 @@ def train(cfg: DwakdConfig, *, resume: str | None = None) -> TrainResult:
     check_output_dir(run_dir, resume)
     resume_path = resolve_resume(run_dir, resume)
     accelerator = make_accelerator(cfg)
-    check_backend(accelerator, cfg)
+    check_backend(accelerator, cfg, method_cls)
     data, plan = prepare(cfg, accelerator, method_cls)
     total = total_steps_for(cfg, plan)
     if cfg.train.stop_at_step and cfg.train.stop_at_step > total:
