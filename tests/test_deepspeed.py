@@ -143,3 +143,30 @@ def test_zero3_is_refused_for_methods_that_read_student_weights(method, tmp_path
     with pytest.raises(ConfigError, match="ZeRO-3 is not supported for method"):
         check_backend(_fake_deepspeed_accelerator({"zero_optimization": {"stage": 3}}), cfg, method_class(method))
     check_backend(_fake_deepspeed_accelerator({"zero_optimization": {"stage": 2}}), cfg, method_class(method))  # ZeRO-2 is fine
+
+
+@pytest.mark.multiprocess
+@needs_deepspeed
+def test_zero2_checkpoint_resumes_to_the_one_process_run(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+    """Stopped after step 2 (DeepSpeed's own checkpoint: partitioned optimizer states) and resumed:
+    steps 3-4 and the final weights are those of an uninterrupted plain 1-process run."""
+    student = no_dropout_copy(tiny_student_dir, tmp_path / "student_nd")
+    common = dict(batch_size=2, max_steps=4, eval_every=2, save_every=2, keep_last_n=2)
+    one = base_config(tmp_path / "one", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=4, **common)
+    two = base_config(tmp_path / "two", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=2, **common)
+    train(config_from_dict(one))
+    launch_deepspeed(dict(two, train=dict(two["train"], stop_at_step=2)), tmp_path, "two-a", 2)
+    run1, run2 = tmp_path / "one" / "run", tmp_path / "two" / "run"
+    ck = run2 / "checkpoints" / "checkpoint-2" / "state"
+    assert not (run2 / "final").exists() and ck.is_dir()
+    assert len(list(ck.rglob("*optim_states.pt"))) == 2  # one optimizer partition per process
+    launch_deepspeed(two, tmp_path, "two-b", 2, "--resume", "auto")
+    assert "resume" in [e["event"] for e in read_metrics(run2 / "metrics.jsonl", "event")]
+    t1, t2 = read_metrics(run1 / "metrics.jsonl", "train"), read_metrics(run2 / "metrics.jsonl", "train")
+    assert [r["step"] for r in t2] == [1, 2, 3, 4]
+    for a, b in zip(t1, t2):
+        for key in ("loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+    w1, w2 = state_of(run1 / "final"), state_of(run2 / "final")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)

@@ -40,7 +40,8 @@ FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "N
               "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
 
 
-def launch(cfg: dict, tmp_path: Path, name: str, *args: str, placement: Path | None = None) -> None:
+def launch(cfg: dict, tmp_path: Path, name: str, *args: str, placement: Path | None = None,
+           flags: list[str] = FSDP_FLAGS) -> None:
     """``accelerate launch`` 2 CPU processes with FSDP2 on ``cfg`` (``dwakd train``)."""
     cfg_path = tmp_path / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -49,19 +50,19 @@ def launch(cfg: dict, tmp_path: Path, name: str, *args: str, placement: Path | N
     if placement is not None:
         env["DWAKD_TEST_PLACEMENT"] = str(placement)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *FSDP_FLAGS,
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *flags,
            str(HERE / "_fsdp_entry.py"), "train", str(cfg_path), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
 
 
-def assert_same_training(run_a: Path, run_b: Path, rel: float) -> None:
+def assert_same_training(run_a: Path, run_b: Path, rel: float, keys=("loss", "term/ce", "term/proj", "grad_norm")) -> None:
     """Same steps, token counts, losses, terms and gradient norms (``rel``: relative tolerance)."""
     t1, t2 = read_metrics(run_a / "metrics.jsonl", "train"), read_metrics(run_b / "metrics.jsonl", "train")
     assert [r["step"] for r in t1] == [r["step"] for r in t2] and t1
     for a, b in zip(t1, t2):
         assert a["n_tokens"] == b["n_tokens"]
-        for key in ("loss", "term/ce", "term/proj", "grad_norm"):
+        for key in keys:
             assert b[key] == pytest.approx(a[key], rel=rel, abs=0 if rel == 0 else 1e-12), (a["step"], key)
 
 
@@ -164,3 +165,25 @@ def test_fsdp_lora_matches_one_process(tmp_path, tiny_teacher_dir, nd_student, t
     assert a1.keys() == a2.keys() and a1
     for k in a1:
         torch.testing.assert_close(a2[k], a1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_dwakd_with_per_layer_wrapping_matches_one_process(tmp_path, tiny_teacher_dir, nd_student, tiny_dolly_path):
+    """The real DWA-KD method (projectors, soft-DTW, the student's head weight read inside the
+    method) with each transformer block its own FSDP unit, as GPU users launch it."""
+    common = dict(batch_size=2, max_steps=2, eval_every=2, save_every=2)
+    one = base_config(tmp_path / "one", tiny_teacher_dir, nd_student, tiny_dolly_path, grad_accum=4, **common)
+    two = base_config(tmp_path / "two", tiny_teacher_dir, nd_student, tiny_dolly_path, grad_accum=2, **common)
+    for cfg in (one, two):
+        cfg["method"] = {"name": "dwakd"}
+    train(config_from_dict(one))
+    flags = [f if f != "NO_WRAP" else "TRANSFORMER_BASED_WRAP" for f in FSDP_FLAGS]
+    flags += ["--fsdp_transformer_layer_cls_to_wrap", "GPT2Block"]
+    launch(two, tmp_path, "two", flags=flags)
+    run1, run2 = tmp_path / "one" / "run", tmp_path / "two" / "run"
+    terms = [k for k in read_metrics(run1 / "metrics.jsonl", "train")[0] if k.startswith("term/")]
+    assert {"term/dtw_hidden", "term/kd_stu"} <= set(terms)
+    assert_same_training(run1, run2, rel=1e-5, keys=["loss", "grad_norm", *terms])
+    w1, w2 = state_of(run1 / "final"), state_of(run2 / "final")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
