@@ -35,6 +35,7 @@ from dwakd.train.metrics import read_metrics
 register_toy()
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.multiprocess
+GPU = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 
 FSDP_FLAGS = ["--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "NO_WRAP",
               "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--fsdp_reshard_after_forward", "true"]
@@ -45,8 +46,9 @@ def launch(cfg: dict, tmp_path: Path, name: str, *args: str, placement: Path | N
     """``accelerate launch`` 2 CPU processes with FSDP2 on ``cfg`` (``dwakd train``)."""
     cfg_path = tmp_path / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    if not GPU:  # CPU processes over gloo (the test-only shim in _fsdp_entry.py); with 2+ GPUs, on them
+        env.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
     if placement is not None:
         env["DWAKD_TEST_PLACEMENT"] = str(placement)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
