@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast lint demo demo-quick bench bench-deps clean
+.PHONY: install test test-fast test-triton lint demo demo-quick bench bench-deps clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+# The Triton soft-DTW kernels, run by Triton's interpreter on CPU tensors (no GPU needed; ~15 s).
+# Installs TRITON_SPEC unless triton is already there (a CUDA torch brings its own matching one;
+# pinned here, not in requirements.lock, so it never conflicts with that).
+TRITON_SPEC ?= triton==3.9.0
+test-triton: $(STAMP)
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q "$(TRITON_SPEC)"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider -m triton -rs tests/test_soft_dtw_triton.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

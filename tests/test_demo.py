@@ -42,6 +42,19 @@ def test_demo_toy_run_writes_the_report(tmp_path, monkeypatch):
         if m == "dwakd":
             assert {"term/dtw_hidden", "term/dtw_embed"} <= terms, terms
     assert len(steps) == 1
-    # A second run reuses the teacher answers, the cache and the trained students.
+    # A second run reuses the trained students: no training is started and their weights are untouched.
+    import dwakd.train
+
+    def digest(m):
+        return {p.name: p.read_bytes() for p in sorted((tmp_path / "demo" / m / "final").glob("*.safetensors"))}
+
+    before = {m: digest(m) for m in ("sft", "dskd", "dwakd")}
+    assert all(before.values())
+
+    def no_training(cfg):
+        raise AssertionError(f"the second demo run trained {cfg.output_dir} again")
+
+    monkeypatch.setattr(dwakd.train, "train", no_training)
     again = run_demo(tmp_path / "demo", settings=settings)
-    assert again["timings"]["train/dwakd"] < out["timings"]["train/dwakd"]
+    assert {m: digest(m) for m in ("sft", "dskd", "dwakd")} == before
+    assert [r["name"] for r in again["results"]] == names

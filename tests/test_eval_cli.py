@@ -18,7 +18,9 @@ def _references(path, n):
 
 def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teacher_dir, tiny_dolly_path):
     out = tmp_path / "ev"
-    rc = main(["eval", str(tiny_student_dir), "--data", str(tiny_dolly_path), "--limit", "3", "--seeds", "1,2",
+    second = tmp_path / "second.jsonl"  # a second set (two examples), so the cross-set average is real
+    second.write_text("".join(tiny_dolly_path.read_text().splitlines(keepends=True)[3:5]))
+    rc = main(["eval", str(tiny_student_dir), "--data", str(tiny_dolly_path), str(second), "--limit", "3", "--seeds", "1,2",
                "--max-new-tokens", "8", "--teacher", str(tiny_teacher_dir), "--out", str(out), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -35,8 +37,9 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
     # recompute ROUGE-L from the written samples with rouge-score itself
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     refs = _references(tiny_dolly_path, 3)
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6
+    all_samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(all_samples) == 6 + 4
+    samples = [s for s in all_samples if s["set"] == "tiny_dolly"]
     per_seed = {}
     for seed in (1, 2):
         rows = [s for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed]
@@ -52,8 +55,28 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
 
     assert entry["bpb"]["value"] > 0 and entry["bpb"]["n_examples"] == 3
     agree = entry["agreement"]
-    assert set(agree["rougeL"]["per_seed"]) == {"1", "2"} and agree["teacher_bpb"]["n_examples"] >= 0
-    assert res["average"]["rougeL"]["mean"] == entry["rougeL"]["mean"]
+    # agreement: the samples scored against the teacher's written answers, recomputed; bits per byte
+    # of those answers counts each non-empty answer once (the tiny teacher may answer with nothing:
+    # zero-byte answers are skipped, and with none scored the value is NaN).
+    answers = [json.loads(line) for line in (out / "teacher_answers.jsonl").read_text().splitlines()]
+    t_texts = [a["text"] for a in sorted(answers, key=lambda a: a["key"]) if a["set"] == "tiny_dolly"]
+    assert len(t_texts) == 3
+    n_scored = sum(bool(t) for t in t_texts)
+    t_bpb = agree["teacher_bpb"]
+    assert (t_bpb["n_examples"], t_bpb["skipped"]) == (n_scored, 3 - n_scored)
+    assert t_bpb["value"] > 0 if n_scored else np.isnan(t_bpb["value"])
+    for seed in (1, 2):
+        texts = [s["text"] for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed]
+        want = 100 * np.mean([scorer.score(t, x)["rougeL"].fmeasure for t, x in zip(t_texts, texts)])
+        assert agree["rougeL"]["per_seed"][str(seed)] == pytest.approx(want, abs=1e-9)
+    # the average: each set counts once, per seed, then mean over seeds
+    other = res["sets"]["second"]
+    assert other["n"] == 2
+    for seed in ("1", "2"):
+        want = (entry["rougeL"]["per_seed"][seed] + other["rougeL"]["per_seed"][seed]) / 2
+        assert res["average"]["rougeL"]["per_seed"][seed] == pytest.approx(want, abs=1e-9)
+    assert res["average"]["rougeL"]["mean"] == pytest.approx(np.mean(list(res["average"]["rougeL"]["per_seed"].values())))
+    assert res["average"]["bpb"] == pytest.approx((entry["bpb"]["value"] + other["bpb"]["value"]) / 2)
     md = (out / "results.md").read_text()
     assert "ROUGE-L vs teacher" in md and "seeds 1, 2" in md
 

@@ -17,9 +17,43 @@ sdtw_mod = importlib.import_module("dwakd.align.soft_dtw")
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setattr(sdtw_mod, "_BACKEND_OVERRIDE", "torch")
+# Every test runs on both torch backends through the documented switch (DWAKD_SDTW_BACKEND):
+# "torch" (CPU: numpy-assisted backward) and "torch-gpu" (the backward a GPU without triton runs:
+# _weight_block and torch ops), so the GPU torch path is checked against the same references here.
+@pytest.fixture(autouse=True, params=["torch", "torch-gpu"])
+def backend(request, monkeypatch):
+    monkeypatch.setattr(sdtw_mod, "_BACKEND_OVERRIDE", None)
+    monkeypatch.setenv("DWAKD_SDTW_BACKEND", request.param)
+    return request.param
+
+
+def test_backend_switch_routes_the_backward(backend, monkeypatch):
+    """The switch decides which weight function the backward calls (and nothing else does)."""
+    calls = {"torch": 0, "numpy": 0}
+    real_t, real_n = sdtw_mod._weight_block, sdtw_mod._weight_block_numpy
+
+    def count_t(*a, **k):
+        calls["torch"] += 1
+        return real_t(*a, **k)
+
+    def count_n(*a, **k):
+        calls["numpy"] += 1
+        return real_n(*a, **k)
+
+    monkeypatch.setattr(sdtw_mod, "_weight_block", count_t)
+    monkeypatch.setattr(sdtw_mod, "_weight_block_numpy", count_n)
+    C = torch.rand(2, 5, 6, dtype=F64, requires_grad=True)
+    soft_dtw(C, 0.3).sum().backward()
+    if backend == "torch-gpu":
+        assert calls["torch"] > 0 and calls["numpy"] == 0
+    else:
+        assert calls["numpy"] > 0 and calls["torch"] == 0
+
+
+def test_backend_switch_rejects_unknown_name(monkeypatch):
+    monkeypatch.setenv("DWAKD_SDTW_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="DWAKD_SDTW_BACKEND"):
+        soft_dtw(torch.rand(1, 3, 3), 1.0)
 
 
 def _random_masks(gen, B, N, M, p=0.3):

@@ -43,12 +43,21 @@ Python threads over the batch were measured slower).
 
 CUDA tensors use Triton kernels (:mod:`dwakd.align._sdtw_triton`, one launch per pass) when triton
 imports; the torch path is the fallback everywhere.
+
+Backend switch: the environment variable ``DWAKD_SDTW_BACKEND`` (read at every call) picks the code
+path whatever the device: ``auto`` (default: Triton for CUDA tensors when it imports, else torch),
+``torch`` (the torch forward; the backward's sequential part in numpy on CPU, in torch on other
+devices), ``torch-gpu`` (the torch path exactly as a GPU without triton runs it: the backward's
+weights from :func:`_weight_block` and its loop in torch ops, also on CPU tensors, which is how
+``make test`` exercises that path) and ``triton`` (the Triton kernels; on CPU tensors only under
+``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -501,7 +510,8 @@ def _backward_torch(
     to the gradient. ``offsets``: ``[N + M + 3, Bc]`` from :func:`_forward_torch`."""
     Bc, G2, G1 = X.shape
     Xp, Yp = _physical(X, True), _physical(Y, True)
-    use_numpy = X.device.type == "cpu"  # numpy's slicing and ufunc calls cost ~4x less than torch's
+    # numpy's slicing and ufunc calls cost ~4x less than torch's; "torch-gpu" keeps the device path.
+    use_numpy = X.device.type == "cpu" and _backend() != "torch-gpu"
     starts: dict[int, tuple] = {}
     for b in range(Bc):
         n, m = n_len[b], m_len[b]
@@ -637,14 +647,25 @@ def _weight_block_numpy(Xn, Yn, ka: int, kb: int, N: int, M: int, banded: bool, 
 # ----------------------------------------------------------------------------------------------
 
 
-# Tests set this to "triton" to run the Triton kernels on CPU tensors under TRITON_INTERPRET=1,
-# or to "torch" to force the torch path; None = automatic (Triton for CUDA tensors when it imports).
+BACKENDS = ("auto", "torch", "torch-gpu", "triton")
+# Set by tests and benchmarks (one of BACKENDS); takes precedence over DWAKD_SDTW_BACKEND. None = the
+# environment variable, or "auto" when it is unset.
 _BACKEND_OVERRIDE: str | None = None
 
 
+def _backend() -> str:
+    """The backend in force: ``_BACKEND_OVERRIDE``, else ``DWAKD_SDTW_BACKEND``, else ``"auto"``."""
+    name = _BACKEND_OVERRIDE if _BACKEND_OVERRIDE is not None else os.environ.get("DWAKD_SDTW_BACKEND", "auto")
+    name = (name or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"soft_dtw: DWAKD_SDTW_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
 def _use_triton(t: torch.Tensor) -> bool:
-    if _BACKEND_OVERRIDE is not None:
-        return _BACKEND_OVERRIDE == "triton"
+    name = _backend()
+    if name != "auto":
+        return name == "triton"
     if not t.is_cuda:
         return False
     try:

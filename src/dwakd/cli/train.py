@@ -7,11 +7,12 @@ train CONFIG ...`` (the back-end comes from the accelerate config or flags). The
 - one process (CPU or one GPU): tested.
 - DDP: tested on CPU with 2 processes over gloo (``--multi_gpu`` on a host without GPUs, or with
   ``CUDA_VISIBLE_DEVICES=""``; accelerate 1.x's ``--cpu --num_processes 2`` needs ``mpirun``).
-- FSDP: goes through the same Accelerate calls (prepare, no_sync, clip_grad_norm_, get_state_dict,
-  save_state); not tested here (no GPU). The teacher is a replicated inference copy per process.
-- DeepSpeed: refused with an explanation (its engine steps inside backward, which would break the
-  exact per-step normalisation and the non-finite-step skip). The teacher would in any case stay a
-  replicated inference module, not a ZeRO-3 partitioned one.
+- FSDP (FSDP2, ``--use_fsdp --fsdp_version 2``): tested on CPU with 2 processes over gloo
+  (tests/test_fsdp.py). The teacher is a replicated inference copy per process.
+- DeepSpeed ZeRO-2/3 (``--use_deepspeed --zero_stage 2|3``): tested on CPU with DeepSpeed's CPU
+  accelerator and 2 processes (tests/test_deepspeed.py); not yet run on GPUs. The teacher stays a
+  replicated inference module.
+- ``--dry-run --processes N --device cuda``: the per-GPU sizing estimate (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: apply config values that differ from the checkpoint's (lr, data, method "
                         "options, ...) instead of refusing; the change is logged and config.yaml updated")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="with --dry-run: also print the per-GPU memory / launch / tokens-per-second estimate for N processes")
+    p.add_argument("--device", default=None, metavar="cuda[:h100|a100|a100-40|24gb]",
+                   help="with --dry-run: the GPU kind of that estimate (default cuda = H100 80GB)")
     p.add_argument("--print-config-reference", action="store_true", help="print every config key with its meaning and exit")
 
 
@@ -69,11 +74,25 @@ def _split_remainder(args) -> None:
             args.resume = items.pop(0)
         elif item.startswith("--resume="):
             args.resume = item.split("=", 1)[1]
+        elif item in ("--processes", "--device"):
+            if not items:
+                raise ConfigError(f"{item} needs a value")
+            setattr(args, item[2:], items.pop(0))
+        elif item.startswith(("--processes=", "--device=")):
+            key, val = item[2:].split("=", 1)
+            setattr(args, key, val)
         elif item.startswith("-"):
-            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH, --allow-config-change)")
+            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH, --allow-config-change, --processes N, --device D)")
         else:
             rest.append(item)
     args.overrides = rest
+    if args.processes is not None:
+        try:
+            args.processes = int(args.processes)
+        except ValueError:
+            raise ConfigError(f"--processes must be a whole number, got {args.processes!r}") from None
+        if args.processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {args.processes}")
 
 
 def run(args) -> int:
@@ -93,8 +112,12 @@ def run(args) -> int:
     if args.dry_run:
         from dwakd.train import dry_run
 
-        dry_run(cfg)
+        dry_run(cfg, processes=args.processes, device=args.device)
         return 0
+    if args.processes is not None or args.device is not None:
+        from dwakd.errors import ConfigError
+
+        raise ConfigError("--processes / --device only size a launch with --dry-run; start processes with accelerate launch")
     if args.allow_config_change and not args.resume:
         from dwakd.errors import ConfigError
 

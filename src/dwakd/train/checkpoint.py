@@ -194,12 +194,26 @@ def register_weight_hooks(accelerator) -> None:
 
 
 # --------------------------------------------------------------------------- student directories
+def _aliases(module: torch.nn.Module) -> set[str]:
+    """Names of parameters that are another, earlier name's parameter (tied weights)."""
+    seen: set[int] = set()
+    out = set()
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            out.add(name)
+        seen.add(id(p))
+    return out
+
+
 def student_state_dict(accelerator, model) -> dict | None:
-    """The student's full state dict (gathered under FSDP/ZeRO-3; call on every process)."""
+    """The student's full state dict (gathered under FSDP/ZeRO-3; call on every process). A tied
+    weight appears once, under its first name, as in a plain ``save_pretrained`` (a gathered FSDP
+    state dict holds separate copies, which the save would otherwise write twice)."""
     full = accelerator.get_state_dict(model)
     if full is None:
         return None
-    return {k[len("student."):]: v for k, v in full.items() if k.startswith("student.")}
+    tied = _aliases(accelerator.unwrap_model(model))
+    return {k[len("student."):]: v for k, v in full.items() if k.startswith("student.") and k not in tied}
 
 
 def save_student_dir(out: Path, student, state_dict: dict | None, tokenizer) -> None:

@@ -108,8 +108,34 @@ def render_batch(batch: PairBatch, student_tok, teacher_tok, *, max_examples: in
     return "\n".join(lines)
 
 
-def dry_run(cfg: DwakdConfig, *, echo=print) -> dict:
-    """Load and check everything, print the report, write nothing. Returns the numbers shown."""
+def scale_estimate(cfg: DwakdConfig, student, teacher, *, processes: int, device: str, method: str) -> tuple[str, dict]:
+    """The :mod:`dwakd.train.sizing` estimate for this config on ``processes`` GPUs of ``device``:
+    the config's global batch (``batch_size x grad_accum``) split over the processes, the config's
+    LoRA rank, gradient checkpointing, dtypes and ``data.max_length``."""
+    from dwakd.train import sizing
+
+    dev = sizing.device_named(device)
+    s_arch = sizing.arch_from_config(student.config)
+    t_arch = sizing.arch_from_config(teacher.config) if teacher is not None else None
+    lora = cfg.model.lora.r if cfg.model.lora is not None else None
+    kw = dict(seq=cfg.data.max_length, device=dev, method=method, lora_r=lora, grad_ckpt=cfg.model.gradient_checkpointing,
+              weight_bytes=_BYTES.get(getattr(torch, cfg.model.dtype), 4), teacher_bytes=2)
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum
+    found = sizing.recommend(s_arch, t_arch, global_batch=global_batch, gpus=processes, **kw)
+    if found is None:  # nothing fits: show the config's own micro-batch under FSDP
+        per = max(1, global_batch // processes)
+        plan = sizing.Plan("fsdp", processes, per, 1, cfg.data.max_length, lora, cfg.model.gradient_checkpointing,
+                           kw["weight_bytes"], 2)
+    else:
+        plan = found[0]
+    text = sizing.format_estimate(s_arch, t_arch, plan, dev, method)
+    return text, {"plan": plan, "memory": sizing.memory_per_gpu(s_arch, t_arch, plan, method), "fits": found is not None}
+
+
+def dry_run(cfg: DwakdConfig, *, echo=print, processes: int | None = None, device: str | None = None) -> dict:
+    """Load and check everything, print the report, write nothing. Returns the numbers shown.
+    ``processes`` / ``device`` (e.g. ``cuda``): also print the per-GPU sizing estimate for that launch."""
+    size_for = (processes or 1, device or "cuda") if (processes is not None or device is not None) else None
     method_cls = check_method(cfg)
     accelerator = make_accelerator(cfg)
     data, plan = prepare(cfg, accelerator, method_cls)
@@ -151,7 +177,14 @@ def dry_run(cfg: DwakdConfig, *, echo=print) -> dict:
     echo(f"{'component':<22}{'at max_length':>16}{'first batch':>16}")
     for k in worst:
         echo(f"{k:<22}{_mib(worst[k]):>16}{_mib(first[k]):>16}")
+    scale = None
+    if size_for is not None:
+        text, scale = scale_estimate(cfg, student, teacher, processes=size_for[0], device=size_for[1],
+                                     method=cfg.method.name)
+        echo(f"\n# scale-out estimate: {size_for[0]} process(es) on {size_for[1]} (model of the step, "
+             f"docs/SCALING.md; +-50%)")
+        echo(text)
     echo("\n# first batch")
     echo(render_batch(batch, data.student_tokenizer, data.teacher_tokenizer))
     return {"counts": counts, "memory_max_length": worst, "memory_first_batch": first, "total_steps": total,
-            "steps_per_epoch": plan.steps_per_epoch}
+            "steps_per_epoch": plan.steps_per_epoch, "scale": scale}

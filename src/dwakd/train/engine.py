@@ -7,6 +7,7 @@ projectors), the optimizer and the scheduler; never the teacher and never a Data
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -47,19 +48,77 @@ def make_accelerator(cfg: DwakdConfig):
     )
 
 
-def check_backend(accelerator) -> None:
-    """Refuse the distributed back-ends this loop does not drive correctly (before anything is written)."""
+def is_deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def check_backend(accelerator, cfg: DwakdConfig | None = None, method_cls=None) -> None:
+    """Refuse the distributed back-ends this loop does not drive correctly (before anything is written);
+    fit DeepSpeed's config to the run (:func:`configure_deepspeed`). ZeRO-3 partitions the student
+    between module calls, so it is refused for methods that do not declare ``supports_zero3 = True``
+    (the built-in DSKD family reads the student's head weight directly; FSDP shards such students)."""
     from accelerate.utils import DistributedType
 
     from dwakd.errors import ConfigError
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "DeepSpeed is not supported by the dwakd trainer yet: its engine takes the optimizer step inside "
-            "backward, so the exact per-step token normalisation over micro-batches and the skip of non-finite "
-            "steps cannot be kept. Use DDP (accelerate launch --multi_gpu) or FSDP (--use_fsdp) instead.")
     if accelerator.distributed_type == DistributedType.MEGATRON_LM:
-        raise ConfigError("Megatron-LM is not supported by the dwakd trainer; use DDP or FSDP")
+        raise ConfigError("Megatron-LM is not supported by the dwakd trainer; use DDP, FSDP or DeepSpeed ZeRO")
+    if is_deepspeed(accelerator) and cfg is not None:
+        stage = int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+        if stage == 3 and method_cls is not None and not getattr(method_cls, "supports_zero3", False):
+            raise ConfigError(
+                f"DeepSpeed ZeRO-3 is not supported for method '{cfg.method.name}': it reads student weights outside "
+                f"the student's own module calls, where ZeRO-3 holds only a partition. Use ZeRO-2 "
+                f"(--zero_stage 2) or FSDP (--use_fsdp --fsdp_version 2) to shard the student")
+        configure_deepspeed(accelerator, cfg)
+
+
+def configure_deepspeed(accelerator, cfg: DwakdConfig) -> None:
+    """Make DeepSpeed's own accumulation and stepping give dwakd's step (METHOD.md section 5).
+
+    The trainer knows every micro-batch of a step before the first backward, so the step's global
+    token count N is known up front; it back-propagates ``total * W / N`` per micro-batch with
+    ``scale_wrt_gas=False`` and marks only the last micro-batch as DeepSpeed's accumulation
+    boundary, where the engine reduces, clips (``train.max_grad_norm``) and steps. Set here: the
+    micro-batch (``train.batch_size``), the accumulation (``train.grad_accum``), the global batch,
+    the clipping, and, for ZeRO-3, gathering the 16-bit weights on save (``final/`` is a plain HF
+    directory). The learning-rate schedule stays dwakd's (stepped once per step, skipped or not).
+    Non-finite steps use DeepSpeed's own skip (see :meth:`dwakd.train.loop.Trainer.train_step`)."""
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    t = cfg.train
+    ds["train_micro_batch_size_per_gpu"] = t.batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["train_batch_size"] = t.batch_size * t.grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = float(t.max_grad_norm) if t.max_grad_norm > 0 else 0.0
+    ds.setdefault("steps_per_print", 10**9)
+    if isinstance(ds.get("bf16"), dict) and ds["bf16"].get("enabled") in (True, "auto"):
+        ds["bf16"]["check_grad_overflow"] = True  # a non-finite bf16 gradient skips the step
+    zero = ds.setdefault("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    accelerator.gradient_accumulation_steps = t.grad_accum
+
+
+@contextlib.contextmanager
+def no_zero3_init():
+    """Load models whole even under DeepSpeed ZeRO-3 (transformers would otherwise partition them at
+    load through zero.Init). The teacher is a replicated inference module, never given to the engine;
+    the student must be whole while the method reads its weights (projector initialisation) and is
+    partitioned by ``accelerator.prepare``. Cost: one full student per process during setup."""
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def check_launch(accelerator, environ=None) -> None:
@@ -151,8 +210,10 @@ def build_engine(cfg: DwakdConfig, data, accelerator, method_cls, total_steps: i
         teacher = None
     elif teacher is None:
         dtype = teacher_dtype(cfg.model.teacher_dtype, device)
-        teacher = load_teacher(cfg.model.teacher, dtype=dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
-    student = load_student(data.student_spec, cfg.model).to(device)  # projectors are created beside the heads
+        with no_zero3_init():
+            teacher = load_teacher(cfg.model.teacher, dtype=dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    with no_zero3_init():  # whole while the method builds its projectors; partitioned by prepare
+        student = load_student(data.student_spec, cfg.model).to(device)  # projectors are created beside the heads
     method = build_method(cfg.method.name, student, teacher, **cfg.method.options)
     call_method_hooks(method, data)
     module = DistillModule(student, method)

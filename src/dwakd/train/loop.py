@@ -8,6 +8,12 @@ micro-batch's ``total * W / N``: DDP averages gradients over the W processes, so
 gradient is exactly ``d/dθ sum_m total(m) / N`` however the step's examples are split into
 micro-batches and processes.
 
+DeepSpeed ZeRO: the engine accumulates, reduces, clips and steps inside the backward of the
+micro-batch it is told is the accumulation boundary. N is known before the first backward (the
+step plan gives every micro-batch up front), so each backward gets ``total * W / N`` with
+``scale_wrt_gas=False`` and only the step's last micro-batch is the boundary: the same update.
+The non-finite check is made before that last backward (see below).
+
 Non-finite values: when any loss term, the student's or the teacher's logits or hidden states
 (on any process; methods treat non-finite rows like padding, so a NaN model would otherwise give
 a finite, zero loss) or the gradient norm is not finite, the step's gradients are dropped and the
@@ -15,7 +21,9 @@ optimizer does not step; the data position and the learning rate schedule still 
 skipped step never repeats its batch). ``train.max_bad_steps`` consecutive skips stop the run with
 :class:`NonFiniteLossError`. Trained weights that became non-finite (e.g. an absurd learning rate)
 stop the run at once, and weights are checked finite before every checkpoint and before
-``final/``: a run never completes, or saves a "good" checkpoint, with NaN weights.
+``final/``: a run never completes, or saves a "good" checkpoint, with NaN weights. Under DeepSpeed the step is
+decided before the boundary's backward and a bad step's boundary loss is multiplied by NaN, so
+DeepSpeed's own non-finite-gradient skip drops it (its gradient norm reads inf, also marking it bad).
 
 Signals: SIGINT and SIGTERM (how schedulers preempt jobs) set a flag; at the next step boundary
 (agreed by all processes) the trainer writes a checkpoint and raises
@@ -47,7 +55,7 @@ from dwakd.train.checkpoint import (
     student_state_dict,
 )
 from dwakd.train.console import console, dev_line, progress_postfix
-from dwakd.train.engine import Engine
+from dwakd.train.engine import Engine, is_deepspeed
 from dwakd.train.guards import StopFlag, storage_errors
 from dwakd.train.metrics import MetricsWriter, peak_memory_mb
 from dwakd.train.optim import current_lrs
@@ -154,9 +162,12 @@ class Trainer:
         acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
         stats: dict[str, list[torch.Tensor]] = defaultdict(list)  # stays on the device until the one sync
         nonfinite_in: torch.Tensor | None = None  # NaN/+inf in the models' logits or hidden states
+        ds = is_deepspeed(acc)
         for i, batch in enumerate(batches):
             batch = batch.to(acc.device)
             sync = i == len(batches) - 1
+            if ds:  # DeepSpeed reduces and steps inside the backward of its accumulation boundary
+                acc.gradient_state._set_sync_gradients(sync)
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                 teacher_out = self.engine.teacher_runner(batch)
                 terms = self.model(batch, teacher_out)
@@ -171,20 +182,20 @@ class Trainer:
                 for k, v in terms.stats.items():
                     stats[k].append(torch.as_tensor(v).detach().to(device=acc.device, dtype=acc_dtype).reshape(()))
                 self._check_n_tokens(terms, batch)
-                acc.backward(total * scale)
-        # the step's one host sync: loss terms and every method stat together
-        host = torch.cat([sums] + [torch.stack(v) for v in stats.values()]).tolist()
-        local, pos, stat_means = host[:len(sums)], len(sums), {}
-        for k, v in stats.items():
-            stat_means[k], pos = sum(host[pos:pos + len(v)]) / len(v), pos + len(v)
-        # (a non-finite micro-batch value makes its sum non-finite)
-        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
-        if not math.isfinite(local[0]):
-            bad_terms.add("total")
-        if nonfinite_in is not None and bool(nonfinite_in):
-            bad_terms.add("logits")
-        stop_flag = float(self._stop.signum or 0)
-        reduced = self._reduce(local + [float(bool(bad_terms)), stop_flag])
+                if ds and sync:
+                    # Decide the step before the engine steps: a non-finite term on any process makes
+                    # the boundary's gradient NaN, so DeepSpeed's own non-finite check skips the step.
+                    local, stat_means, bad_terms = self._host_sync(sums, names, stats, nonfinite_in)
+                    reduced = self._reduce(local + [float(bool(bad_terms)), float(self._stop.signum or 0)])
+                    if reduced[-2].item() > 0:
+                        total = total * float("nan")
+                if ds:  # the step's N is already in ``scale``: no division by DeepSpeed's accumulation
+                    acc.backward(total * scale, scale_wrt_gas=False)
+                else:
+                    acc.backward(total * scale)
+        if not ds:
+            local, stat_means, bad_terms = self._host_sync(sums, names, stats, nonfinite_in)
+            reduced = self._reduce(local + [float(bool(bad_terms)), float(self._stop.signum or 0)])
         self._stop_agreed = reduced[-1].item() > 0
         # all parameters (frozen ones have no gradient): accelerate's FSDP path needs the model's full list
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
@@ -205,6 +216,21 @@ class Trainer:
         self.engine.optimizer.zero_grad(set_to_none=True)
         out["step_time_s"] = time.perf_counter() - t0
         return out
+
+    @staticmethod
+    def _host_sync(sums: torch.Tensor, names: list[str], stats: dict, nonfinite_in) -> tuple[list[float], dict, set[str]]:
+        """The step's one host sync: this process's term sums and method stats as floats, and the bad terms."""
+        host = torch.cat([sums] + [torch.stack(v) for v in stats.values()]).tolist()
+        local, pos, stat_means = host[:len(sums)], len(sums), {}
+        for k, v in stats.items():
+            stat_means[k], pos = sum(host[pos:pos + len(v)]) / len(v), pos + len(v)
+        # (a non-finite micro-batch value makes its sum non-finite)
+        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
+        if not math.isfinite(local[0]):
+            bad_terms.add("total")
+        if nonfinite_in is not None and bool(nonfinite_in):
+            bad_terms.add("logits")
+        return local, stat_means, bad_terms
 
     def _check_n_tokens(self, terms, batch) -> None:
         """Once per run: the method's ``n_tokens`` should be the batch's student response tokens."""

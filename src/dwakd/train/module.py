@@ -26,6 +26,15 @@ class DistillModule(nn.Module):
         #: hidden states held NaN/+inf (methods treat such rows like padding, so the loss alone cannot tell)
         self.nonfinite_inputs: torch.Tensor | None = None
 
+    def tie_weights(self) -> None:
+        """Re-tie the student's tied weights (input embedding = LM head). Accelerate's FSDP2 prepare
+        moves the module to the meta device and reloads it (``cpu_ram_efficient_loading``, on by
+        default in ``accelerate launch``), then calls ``tie_weights()`` on the prepared module: without
+        this, a tied student would train its embedding and its head as two parameters."""
+        tie = getattr(self.student, "tie_weights", None)
+        if callable(tie):
+            tie()
+
     def forward(self, batch, teacher_out: ModelOutputs | None) -> LossTerms:
         student_out = run_model(self.student, batch.student, output_logits=False)  # methods work on hidden rows + head
         self.nonfinite_inputs = nonfinite_outputs(student_out, teacher_out)

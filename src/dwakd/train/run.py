@@ -98,7 +98,7 @@ def train(cfg: DwakdConfig, *, resume: str | None = None, allow_config_change: b
         check_config_change(cfg, resume_path, allow=allow_config_change)
     accelerator = make_accelerator(cfg)
     check_launch(accelerator)
-    check_backend(accelerator)
+    check_backend(accelerator, cfg, method_cls)
     data, plan = prepare(cfg, accelerator, method_cls)
     total = total_steps_for(cfg, plan)
     if cfg.train.stop_at_step and cfg.train.stop_at_step > total:
