@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "dwakd": "dwakd.methods.dwakd:DWAKD",
     "dwakd-eta": "dwakd.methods.dwakd:DWAKDETA",
     "alm": "dwakd.methods.alm:ALM",
+    "cdm": "dwakd.methods.cdm:CDM",
 }
 
 
