@@ -70,10 +70,10 @@ def _dtw_ref(cost):
     path, i, j = set(), n, m
     while i > 0 and j > 0:
         path.add((i - 1, j - 1))
-        d, u, l = R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]
-        if d <= u and d <= l:
+        d, u, left = R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]
+        if d <= u and d <= left:
             i, j = i - 1, j - 1
-        elif u <= l:
+        elif u <= left:
             i -= 1
         else:
             j -= 1

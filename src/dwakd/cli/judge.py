@@ -40,7 +40,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from dwakd.eval.judge import JudgeSettings, load_prompts, load_samples, pair_items, results_markdown, run_judge
+    from dwakd.eval.judge import (
+        JudgeSettings,
+        load_prompts,
+        load_samples,
+        pair_items,
+        results_markdown,
+        run_judge,
+    )
 
     for name in ("max_requests", "max_retries", "limit"):
         v = getattr(args, name)

@@ -363,8 +363,8 @@ def results_markdown(s: dict) -> str:
         lo, hi = d["ci95"]
         return "n/a" if math.isnan(d["rate"]) else f"{100 * d['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    head = (f"| A | B | judge | pairs judged | A wins | ties | A loses | A win rate (tie = 1/2) | invalid |\n"
-            f"|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| A | B | judge | pairs judged | A wins | ties | A loses | A win rate (tie = 1/2) | invalid |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
     row = (f"| {s['A']} | {s['B']} | {s['judge_model']} | {s['valid']} | {cell(s['win'])} | {cell(s['tie'])} | "
            f"{cell(s['loss'])} | {cell(s['win_rate_tie_half'])} | {s['invalid']} |")
     note = ("\nEach pair judged in both orders (position swap); a pair counts as a win or loss only when both "
