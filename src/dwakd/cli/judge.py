@@ -49,6 +49,11 @@ def run(args) -> int:
         run_judge,
     )
 
+    import logging
+
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
+        if not getattr(args, "verbose", False):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("max_requests", "max_retries", "limit"):
         v = getattr(args, name)
         if v is not None and v < 0:
