@@ -53,6 +53,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dwakd-eta": ("dwakd-eta", {}),
     "uld": ("uld", {}),
     "mined": ("mined", {}),
+    "alm": ("alm", {}),
+    "cdm": ("cdm", {}),
 }
 
 
@@ -243,7 +245,10 @@ def write_markdown(results: list[dict], info: dict, args) -> str:
         ]
     lines += ["", "Command: `.venv/bin/python benchmarks/bench_methods_step.py "
               f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}"
-              + (f" --threads {args.threads}" if args.threads else "") + "`", ""]
+              + (f" --threads {args.threads}" if args.threads else "")
+              + (f" --methods {args.methods}" if args.methods != ",".join(VARIANTS) else "")
+              + (f" --results {Path(args.results).relative_to(REPO)}" if Path(args.results).resolve() != RESULTS else "")
+              + "`", ""]
     return "\n".join(lines)
 
 
@@ -263,6 +268,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated variant names")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice); 1 is steadier on a shared machine")
+    p.add_argument("--results", default=str(RESULTS), help="Markdown output (default: %(default)s)")
     p.add_argument("--memory-one", help=argparse.SUPPRESS)  # internal: memory of one variant, print JSON
     p.add_argument("--timing-only", action="store_true", help=argparse.SUPPRESS)  # internal
     args = p.parse_args(argv)
@@ -306,9 +312,10 @@ def main(argv=None) -> int:
               + (f"step mem {r['step_mem_mib']:.0f} MiB, peak {r['peak_mem_mib']:.0f} MiB" if "error" not in r
                  else r["error"]), flush=True)
     info["load_average_end"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(write_markdown(results, info, args), encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(write_markdown(results, info, args), encoding="utf-8")
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,6 +22,8 @@ _REGISTRY: dict[str, str] = {
     "multilevel-ot": "dwakd.methods.multilevel_ot:MultiLevelOT",
     "dwakd": "dwakd.methods.dwakd:DWAKD",
     "dwakd-eta": "dwakd.methods.dwakd:DWAKDETA",
+    "alm": "dwakd.methods.alm:ALM",
+    "cdm": "dwakd.methods.cdm:CDM",
 }
 
 BUILTIN_METHODS: tuple[str, ...] = tuple(_REGISTRY)
