@@ -14,7 +14,7 @@ import sys
 from dwakd import __version__
 from dwakd.errors import DwakdError
 
-COMMANDS = ["prepare_teacher", "align", "train", "eval", "cache_teacher", "demo"]
+COMMANDS = ["prepare_teacher", "align", "train", "eval", "cache_teacher", "demo", "pretrain", "compare"]
 
 
 def _load_commands():
