@@ -33,7 +33,7 @@ stamp "pretrained student (cached under \$DWAKD_HOME/pretrained)"
 $DWAKD pretrain configs/study/pretrain.yaml
 
 stamp "budget sweep: SFT only, dev loss, before any KD run"
-$DWAKD compare configs/study/budget.yaml --output-dir "$STUDY/budget" $DATA
+$DWAKD compare configs/study/budget.yaml $DATA --output-dir "$STUDY/budget"
 $PY configs/study/select_budget.py "$STUDY/budget" "$STUDY/budget.json"
 LR=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['lr'])" "$STUDY/budget.json")
 EP=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['epochs'])" "$STUDY/budget.json")
@@ -44,6 +44,6 @@ if [ ! -f "$STUDY/teacher-sft/final/config.json" ]; then
 fi
 
 stamp "grid: lr=$LR epochs=$EP"
-$DWAKD compare configs/study/compare.yaml --output-dir "$STUDY/grid" $DATA \
-  model.teacher=$STUDY/teacher-sft/final train.lr=$LR train.epochs=$EP
+$DWAKD compare configs/study/compare.yaml $DATA \
+  model.teacher=$STUDY/teacher-sft/final train.lr=$LR train.epochs=$EP --output-dir "$STUDY/grid"
 stamp "study finished"
