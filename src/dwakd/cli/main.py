@@ -16,7 +16,7 @@ import sys
 from dwakd import __version__
 from dwakd.errors import DwakdError
 
-COMMANDS = ["prepare_teacher", "align", "train", "eval", "cache_teacher", "demo", "data", "plot", "judge"]
+COMMANDS = ["prepare_teacher", "align", "train", "eval", "cache_teacher", "demo", "data", "plot", "judge", "pretrain", "compare"]
 
 EXAMPLES = """examples:
   dwakd prepare-teacher

@@ -29,30 +29,60 @@ TEACHER = "smollm2-135m-instruct"
 METHODS = ("sft", "dskd", "dwakd")
 
 
+def default_pretrain_corpus() -> list[dict]:
+    """WikiText-2 for the demo student's pretraining: ``$DWAKD_WIKITEXT2`` or ``../shared/data/wikitext-2``
+    (the tokenized release, detokenized by dwakd) when present, else ``datasets``' raw WikiText-2 (train split;
+    needs the hub once, or a datasets cache)."""
+    import os
+
+    here = Path(__file__).resolve()
+    for cand in (os.environ.get("DWAKD_WIKITEXT2"), Path.cwd().parent / "shared" / "data" / "wikitext-2",
+                 here.parents[4] / "shared" / "data" / "wikitext-2" if len(here.parents) > 4 else None):
+        if cand and (Path(cand) / "valid.txt").is_file():
+            return [{"kind": "wikitext", "path": str(Path(cand) / name)} for name in ("valid.txt", "test.txt")
+                    if (Path(cand) / name).is_file()]
+    return [{"kind": "datasets", "name": "wikitext", "config": "wikitext-2-raw-v1", "split": "train", "field": "text",
+             "limit": 12000}]
+
+
 @dataclass
 class DemoSettings:
-    """Sizes of the demo. ``quick`` shrinks everything to run in about two minutes."""
+    """Sizes of the demo. ``quick`` shrinks everything to run in about two minutes.
+
+    ``pretrain``: the ``dwakd pretrain`` block of the student (its ``student`` is filled from ``student``;
+    ``corpus`` defaults to :func:`default_pretrain_corpus`). ``train_seeds``: training seeds per method.
+    """
 
     n_train: int = 240
     n_test: int = 40
     answer_tokens: int = 48
     epochs: int = 2
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     seeds: tuple[int, ...] = (10, 20, 30)
+    train_seeds: tuple[int, ...] = (1, 2)
     eval_new_tokens: int = 64
     methods: tuple[str, ...] = METHODS
     student: dict = field(default_factory=lambda: {
         "family": "llama", "hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 688,
         "max_positions": 256, "tokenizer_kind": "bpe", "vocab_size": 4096, "seed": 0,
     })
+    pretrain: dict = field(default_factory=lambda: {
+        "heldout_fraction": 0.05, "max_heldout_bytes": 40000,
+        "train": {"block_size": 128, "batch_size": 16, "lr": 3e-3, "epochs": 1, "max_steps": 150,
+                  "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "bf16": True, "seed": 0, "log_every": 25},
+    })
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(n_train=64, n_test=12, answer_tokens=40, epochs=2, batch_size=8, seeds=(10,), eval_new_tokens=40,
+        return cls(n_train=64, n_test=12, answer_tokens=40, epochs=2, batch_size=8, seeds=(10,), train_seeds=(1,),
+                   eval_new_tokens=40,
                    student={"family": "llama", "hidden_size": 128, "num_layers": 2, "num_heads": 4,
                             "intermediate_size": 344, "max_positions": 256, "tokenizer_kind": "bpe",
-                            "vocab_size": 1024, "seed": 0})
+                            "vocab_size": 1024, "seed": 0},
+                   pretrain={"heldout_fraction": 0.05, "max_heldout_bytes": 20000,
+                             "train": {"block_size": 128, "batch_size": 16, "lr": 3e-3, "epochs": 1, "max_steps": 40,
+                                       "bf16": True, "seed": 0, "log_every": 10}})
 
 
 def _stage(name: str) -> None:
@@ -116,35 +146,54 @@ def teacher_answers(instructions: list[dict], settings: DemoSettings) -> list[di
     return out
 
 
-def method_config(method: str, data_dir: Path, out_dir: Path, settings: DemoSettings) -> dict:
-    """The training config of one demo run (written to ``<out>/configs/<method>.yaml``)."""
-    options: dict = {}
+def base_config(data_dir: Path, settings: DemoSettings) -> dict:
+    """The base training config of every demo cell (``dwakd compare`` sets student, method, seed, output_dir)."""
     return {
-        "output_dir": str(out_dir / method),
-        "model": {"teacher": TEACHER, "build": dict(settings.student), "teacher_dtype": "float32"},
+        "model": {"teacher": TEACHER, "teacher_dtype": "float32"},
         "data": {"train": str(data_dir / "train.jsonl"), "dev": None, "dev_fraction": 0.0, "max_length": 192,
                  "max_prompt_length": 64, "teacher_chat_template": True},
-        "method": {"name": method, **options},
+        "method": {"name": "sft"},
         "train": {"lr": settings.lr, "projector_lr": 1e-3, "epochs": settings.epochs, "batch_size": settings.batch_size,
-                  "warmup_ratio": 0.05, "log_every": 2, "seed": 42, "bf16": True, "save_every": 0,
+                  "warmup_ratio": 0.05, "log_every": 2, "seed": 1, "bf16": True, "save_every": 0,
                   "keep_best_n": 1, "final_model": "last"},
     }
 
 
+def write_configs(out: Path, data_dir: Path, settings: DemoSettings) -> Path:
+    """Write ``configs/{base,pretrain,compare}.yaml`` under ``out``; returns the compare config."""
+    cfg_dir = out / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "base.yaml").write_text(yaml.safe_dump(base_config(data_dir, settings), sort_keys=False))
+    pre = dict(settings.pretrain)
+    pre["student"] = dict(settings.student)
+    pre.setdefault("corpus", default_pretrain_corpus())
+    (cfg_dir / "pretrain.yaml").write_text(yaml.safe_dump(pre, sort_keys=False))
+    compare = {
+        "base": "base.yaml", "pretrain": "pretrain.yaml", "output_dir": str(out / "grid"),
+        "methods": {m: {} for m in settings.methods},
+        "references": {"teacher": "teacher", "student-pretrained": "pretrained"},
+        "grid": [{"methods": list(settings.methods), "seeds": list(settings.train_seeds)},
+                 {"references": ["teacher", "student-pretrained"]}],
+        "compare_to": [m for m in ("sft", "dskd") if m in settings.methods],
+        "teacher_cache": True,
+        "eval": {"sets": {"demo-heldout": {"path": str(data_dir / "test.jsonl")}}, "seeds": list(settings.seeds),
+                 "max_new_tokens": settings.eval_new_tokens, "max_prompt_tokens": 128, "max_length": 256,
+                 "batch_size": 16, "dtype": "bfloat16"},
+    }
+    (cfg_dir / "compare.yaml").write_text(yaml.safe_dump(compare, sort_keys=False))
+    return cfg_dir / "compare.yaml"
+
+
 def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, settings: DemoSettings | None = None) -> dict:
-    """Run every stage; returns ``{"report": path, "results": [...], "table": markdown, "timings": {...}}``.
+    """Run every stage; returns ``{"report": path, "results": results.json dict, "timings": {...}}``.
 
-    ``settings`` overrides the sizes (default: :class:`DemoSettings`, or its ``quick()`` variant).
+    Stages: teacher -> self-written data answered by the teacher -> ``dwakd compare`` (pretrained student,
+    teacher cache, methods x training seeds, evaluation of every cell and of the teacher) -> report.
+    Everything is cached or resumable, so a second run only rewrites the report.
     """
-    import torch
-
-    from dwakd.config import load_config
+    from dwakd.compare import load_compare_config, run_grid
     from dwakd.demo.instructions import generate_instructions
-    from dwakd.eval.generate import GenerationSettings
-    from dwakd.eval.runner import EvalOptions, evaluate, results_markdown, write_results
     from dwakd.models import resolve_alias
-    from dwakd.train import train
-    from dwakd.train.teacher_cache import build_cache_for_config
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out_dir)
@@ -152,11 +201,11 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, settings
     timings: dict[str, float] = {}
     t0 = time.time()
 
-    _stage("1/7 teacher (SmolLM2-135M-Instruct, converted once)")
+    _stage("1/4 teacher (SmolLM2-135M-Instruct, converted once)")
     print(f"teacher: {resolve_alias(TEACHER)}")
     timings["teacher"] = time.time() - t0
 
-    _stage("2/7 instruction data (self-written prompts, answered by the teacher)")
+    _stage("2/4 instruction data (self-written prompts, answered by the teacher)")
     t = time.time()
     train_instr, test_instr = generate_instructions(settings.n_train, settings.n_test, seed=0)
     answered = teacher_answers(train_instr + test_instr, settings)
@@ -164,82 +213,29 @@ def run_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False, settings
     train_recs = [by_instr[r["instruction"]] for r in train_instr if r["instruction"] in by_instr]
     test_recs = [by_instr[r["instruction"]] for r in test_instr if r["instruction"] in by_instr]
     data_dir = out / "data"
-    _write_jsonl(data_dir / "train.jsonl", train_recs)
-    _write_jsonl(data_dir / "test.jsonl", test_recs)
+    for name, recs in (("train", train_recs), ("test", test_recs)):
+        path = data_dir / f"{name}.jsonl"
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:  # unchanged data keeps cells valid
+            _write_jsonl(path, recs)
     print(f"{len(train_recs)} training and {len(test_recs)} held-out records in {data_dir}")
     timings["data"] = time.time() - t
 
-    configs = {}
-    for method in settings.methods:
-        cfg_path = out / "configs" / f"{method}.yaml"
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(yaml.safe_dump(method_config(method, data_dir, out, settings), sort_keys=False))
-        configs[method] = cfg_path
-
-    _stage("3-4/7 student tokenizer + teacher cache")
+    _stage("3/4 pretrained student, teacher cache, " + ", ".join(settings.methods)
+           + f" x training seeds {list(settings.train_seeds)}, evaluation (dwakd compare)")
     t = time.time()
-    kd_method = next((m for m in settings.methods if m != "sft"), None)
-    if kd_method is not None:
-        summary = build_cache_for_config(load_config(configs[kd_method], []))
-        print(f"teacher cache: {summary['path']} ({summary['tokens']} tokens, "
-              f"{summary['bytes_per_token']:.0f} bytes/token{', reused' if summary.get('reused') else ''})")
-    timings["cache"] = time.time() - t
+    cc = load_compare_config(write_configs(out, data_dir, settings))
+    run_grid(cc)
+    timings["grid"] = time.time() - t
 
-    _stage("5/7 training " + ", ".join(settings.methods) + " at the same budget")
-    finals = {}
-    for method in settings.methods:
-        t = time.time()
-        print(f"-- {method}", flush=True)
-        cfg = load_config(configs[method], [])
-        run_dir = Path(cfg.output_dir)
-        if (run_dir / "final" / "config.json").is_file() and _same_config(run_dir, configs[method]):
-            print(f"reusing {run_dir / 'final'}")
-        else:
-            if run_dir.exists():
-                import shutil
-
-                shutil.rmtree(run_dir)
-            train(cfg)
-            (run_dir / "demo_config.yaml").write_text(_run_identity(configs[method]))
-        finals[method] = run_dir / "final"
-        timings[f"train/{method}"] = time.time() - t
-
-    _stage("6/7 evaluation (sampled ROUGE-L over seeds, bits per byte)")
-    t = time.time()
-    # bf16 weights: on CPU a decoding step is several times faster than float32 (BENCHMARKS.md).
-    opts = EvalOptions(seeds=settings.seeds, dtype="bfloat16",
-                       generation=GenerationSettings(max_new_tokens=settings.eval_new_tokens, batch_size=16,
-                                                     max_prompt_tokens=128, max_length=256))
-    test_sets = {"demo-heldout": str(data_dir / "test.jsonl")}
-    results = [evaluate(TEACHER, test_sets, opts, name="teacher (SmolLM2-135M)")]
-    for method in settings.methods:
-        results.append(evaluate(str(finals[method]), test_sets, opts, name=f"student · {method}"))
-    for r in results:
-        write_results(r, out / "eval" / r["name"].split(" ")[-1].strip("()"))
-    timings["eval"] = time.time() - t
-
-    _stage("7/7 report")
+    _stage("4/4 report")
     from dwakd.demo.report import write_demo_report
 
-    table = results_markdown(results)
-    report = write_demo_report(out, results, {m: Path(configs[m]) for m in settings.methods}, finals, settings,
-                               timings, quick=quick)
-    print("\n" + table)
-    print(f"report: {report}")
+    res = json.loads((cc.output_dir / "results.json").read_text())
+    pre = json.loads((cc.output_dir / "pretrain.json").read_text())
     timings["total"] = time.time() - t0
+    report = write_demo_report(out, cc, res, pre, settings, timings, quick=quick)
+    print(f"report: {report}")
     print(f"total {timings['total']:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total") + ")")
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
-    del torch
-    return {"report": report, "results": results, "table": table, "timings": timings}
-
-
-def _run_identity(cfg_path: Path) -> str:
-    """The config text plus a hash of its training data: a trained run is reused only if both match."""
-    cfg = yaml.safe_load(cfg_path.read_text())
-    data = Path(cfg["data"]["train"]).read_bytes()
-    return cfg_path.read_text() + f"# training data sha256: {hashlib.sha256(data).hexdigest()}\n"
-
-
-def _same_config(run_dir: Path, cfg_path: Path) -> bool:
-    prev = run_dir / "demo_config.yaml"
-    return prev.is_file() and prev.read_text() == _run_identity(cfg_path)
+    return {"report": report, "results": res, "timings": timings, "grid": cc.output_dir}

@@ -1,0 +1,59 @@
+"""``dwakd compare CONFIG [key.sub=value ...] [--output-dir DIR] [--report-only]``.
+
+Runs (or continues) the grid of a compare config; the overrides apply to the base training config
+of every cell (e.g. ``train.lr=1e-3 model.teacher=runs/teacher/final``). Rerun the same command to
+resume: finished cells are skipped and an interrupted cell continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+NAME = "compare"
+HELP = "train and evaluate a grid of methods x training seeds; report means, paired differences and 95% CIs"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("config", help="compare YAML, e.g. configs/study/compare.yaml")
+    import argparse
+
+    # REMAINDER so options may follow overrides (``CONFIG a=1 --output-dir D``); see _split_remainder.
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key.sub=value",
+                   help="overrides of the base training config")
+    p.add_argument("--output-dir", default=None, help="grid directory (default: output_dir of the config)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite report.md / results.json from finished cells")
+
+
+def _split_remainder(args) -> None:
+    """Move ``--output-dir D`` / ``--output-dir=D`` / ``--report-only`` found among the overrides onto ``args``."""
+    from dwakd.errors import ConfigError
+
+    rest, items = [], list(args.overrides or [])
+    while items:
+        item = items.pop(0)
+        if item == "--report-only":
+            args.report_only = True
+        elif item == "--output-dir":
+            if not items:
+                raise ConfigError("--output-dir needs a directory")
+            args.output_dir = items.pop(0)
+        elif item.startswith("--output-dir="):
+            args.output_dir = item.split("=", 1)[1]
+        elif item.startswith("-"):
+            raise ConfigError(f"unknown option '{item}' (options: --output-dir DIR, --report-only)")
+        else:
+            rest.append(item)
+    args.overrides = rest
+
+
+def run(args) -> int:
+    from dwakd.compare import load_compare_config, run_grid
+
+    _split_remainder(args)
+    from dwakd.compare.report import write_report
+
+    cc = load_compare_config(args.config, output_dir=args.output_dir, train_overrides=args.overrides)
+    if args.report_only:
+        print(f"report: {write_report(cc)}")
+        return 0
+    summary = run_grid(cc)
+    print(f"grid finished: {summary['done']}/{summary['total']} items; report: {cc.output_dir / 'report.md'}")
+    return 0
