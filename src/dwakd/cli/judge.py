@@ -40,6 +40,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import logging
+
     from dwakd.eval.judge import (
         JudgeSettings,
         load_prompts,
@@ -48,8 +50,6 @@ def run(args) -> int:
         results_markdown,
         run_judge,
     )
-
-    import logging
 
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
         if not getattr(args, "verbose", False):
