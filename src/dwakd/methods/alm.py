@@ -63,6 +63,7 @@ from torch import nn
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.rows import dense_logits
 
 ALM_DIVERGENCES = ("binary_ce", "binary_kl", "reverse_binary_kl", "abs_exp", "abs")
 CHUNK_WEIGHTS = ("chunk", "teacher_tokens")
@@ -204,7 +205,7 @@ class ALM(DistillMethod):
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: ALMOptions = self.options
         s_side, t_side = batch.student, batch.teacher
-        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        s_logits, t_logits = dense_logits(student_out), dense_logits(teacher_out).detach()
         bsz = s_logits.shape[0]
         sb, spos, s_flat = _flat_index(s_side.target_mask)
         tb, tpos, t_flat = _flat_index(t_side.target_mask)

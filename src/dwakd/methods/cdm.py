@@ -50,6 +50,7 @@ from torch.utils.checkpoint import checkpoint
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
+from dwakd.methods.rows import dense_logits
 
 ROW_CHUNK_ELEMENTS = 1 << 22
 
@@ -241,7 +242,7 @@ class CDM(DistillMethod):
             raise ConfigError("method (cdm) needs the tokenizers (attach_tokenizers) before the first step")
         opts: CDMOptions = self.options
         s_side, t_side = batch.student, batch.teacher
-        zs, zt = student_out.logits, teacher_out.logits.detach()
+        zs, zt = dense_logits(student_out), dense_logits(teacher_out).detach()
         dev = zs.device
         vs, vt = zs.shape[-1], zt.shape[-1]
         zs2, zt2 = zs.reshape(-1, vs), zt.reshape(-1, vt)
