@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _methods_batches import collated_batch, pair, place_rows, side_from_ids, train_losses
 
+from _methods_batches import collated_batch, pair, place_rows, side_from_ids, train_losses
 from dwakd.errors import ConfigError
 from dwakd.methods import build_method, validate_method_options
 from dwakd.methods.alm import span_chunks
