@@ -26,8 +26,6 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
 from dwakd.compare.config import CompareConfig
 from dwakd.config.loader import config_from_dict, config_to_dict
 from dwakd.config.yamlio import apply_overrides, read_yaml
