@@ -148,3 +148,20 @@ def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path, tiny_teache
     w1, w2 = _weights(cell), _weights(other / "grid" / "cells" / "sft-s1")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-5, atol=1e-6)
+
+
+def test_report_without_evaluation_lists_dev_losses(tmp_path, tiny_teacher_dir):
+    """eval: null (a budget sweep): training only; the report still writes, with each cell's dev loss."""
+    import yaml
+
+    from dwakd.compare import run_grid
+
+    pre = write_pretrain(tmp_path, tmp_path / "home")
+    p = write_grid(tmp_path, tiny_teacher_dir, methods=("sft",), seeds=(1,), with_refs=False, pretrain=pre)
+    data = yaml.safe_load(p.read_text())
+    data["eval"] = None
+    p.write_text(yaml.safe_dump(data))
+    run_grid(load_compare_config(p), progress=False)
+    res = json.loads((tmp_path / "grid" / "results.json").read_text())
+    assert res["cells"][0]["done"] and isinstance(res["cells"][0]["dev_loss"], float)
+    assert "sft" in (tmp_path / "grid" / "report.md").read_text()

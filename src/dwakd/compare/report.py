@@ -135,8 +135,8 @@ def tables(res: dict, set_names: list[str]) -> str:
                      + f" | {_n(r['avg'])} | {_n(r['bpb'], '{:.3f}')} | – |")
     for label, m in res["methods"].items():
         lines.append(f"| {label} | {', '.join(map(str, m['seeds']))} | "
-                     + " | ".join(_ms(m["sets"][k]) for k in set_names)
-                     + f" | **{_ms(m['avg'])}** | {_ms(m['bpb'], '{:.3f}')} | {_ms(m['dev_loss'], '{:.3f}')} |")
+                     + " | ".join(_ms(m.get("sets", {}).get(k)) for k in set_names)
+                     + f" | **{_ms(m.get('avg'))}** | {_ms(m.get('bpb'), '{:.3f}')} | {_ms(m['dev_loss'], '{:.3f}')} |")
     out = "\n".join(lines)
     if res["differences"]:
         dl = ["| difference (paired by training seed) | avg ROUGE-L, 95% CI | " + " | ".join(set_names) + " |",
