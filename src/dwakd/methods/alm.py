@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
@@ -147,13 +148,13 @@ class ALMOptions(MethodOptions):
     - ``hidden_norm`` (``l2_channelwise``): per-channel (or ``l2``: one scalar) teacher mean square.
     """
 
-    kd_rate: float = 0.5
-    alm_weight: float = 1.0
-    divergence: str = "binary_ce"
-    binarization_temp: float = 100.0
-    chunk_weight: str = "chunk"
-    hidden_rate: float = 0.0
-    hidden_norm: str = "l2_channelwise"
+    kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate (alm_weight alm + hidden_rate hidden).")
+    alm_weight: float = option(1.0, "Weight of the chunk-likelihood term.")
+    divergence: str = option("binary_ce", "binary_ce (tokenkit default), binary_kl, reverse_binary_kl, abs_exp or abs.")
+    binarization_temp: float = option(100.0, "T of the binarised divergences (tokenkit default).")
+    chunk_weight: str = option("chunk", "chunk (every chunk counts once) or teacher_tokens.")
+    hidden_rate: float = option(0.0, "Weight of the hidden-state term; > 0 creates a d_s -> d_t projector.")
+    hidden_norm: str = option("l2_channelwise", "Teacher mean square per channel (l2_channelwise) or one scalar (l2).")
 
     def validate(self, where: str = "method") -> None:
         for name in ("kd_rate", "alm_weight", "hidden_rate"):

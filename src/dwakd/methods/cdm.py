@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
@@ -125,13 +126,13 @@ class CDMOptions(MethodOptions):
       student entry with the same text.
     """
 
-    kd_rate: float = 0.5
-    temperature: float = 1.0
-    teacher_topk: int = 10
-    student_topk: int = 10
-    entropy_weighted: bool = True
-    max_cost: float = 0.999
-    global_fallback: bool = True
+    kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate kd.")
+    temperature: float = option(1.0, "Softmax temperature of both sides in kd [I].")
+    teacher_topk: int = option(10, "Teacher candidates per position for the contextual mapping [I].")
+    student_topk: int = option(10, "Student candidates per position for the contextual mapping [I].")
+    entropy_weighted: bool = option(True, "Weight the DTW cost by the two sides' confidences.")
+    max_cost: float = option(0.999, "Keep an aligned pair only when its (unweighted) span cost is at most this.")
+    global_fallback: bool = option(True, "Map a teacher candidate with no contextual match to the first student entry with the same text.")
 
     def validate(self, where: str = "method") -> None:
         if not isinstance(self.kd_rate, (int, float)) or not 0 <= self.kd_rate <= 1:
