@@ -3,6 +3,7 @@ counting as a zero loss, and NaN weights stop the run before anything "good" is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from _train_helpers import base_config, state_of
 from dwakd.config import config_from_dict
 from dwakd.methods import available_methods
 from dwakd.methods.registry import method_class
-from dwakd.models.outputs import ModelOutputs
 from dwakd.train import NonFiniteLossError, train
 from dwakd.train.loop import Trainer
 from dwakd.train.metrics import read_metrics
@@ -43,10 +43,14 @@ def _poison(monkeypatch, side: str) -> None:
         out = real_run(model, batch_side, **kw)
         if current["step"] != POISONED_STEP:
             return out
-        logits = out.logits.clone()
-        logits[0] = float("nan")
-        return ModelOutputs(logits=logits, hidden=out.hidden, input_embeds=out.input_embeds,
-                            target_embeds=out.target_embeds)
+        if out.logits is not None:
+            logits = out.logits.clone()
+            logits[0] = float("nan")
+            return dataclasses.replace(out, logits=logits)
+        # logits not materialised (hidden rows + head): NaN final hidden states give NaN logits rows
+        hidden = out.hidden.clone()
+        hidden[0] = float("nan")
+        return dataclasses.replace(out, hidden=hidden)
 
     monkeypatch.setattr(target, "run_model", run_model)
 
@@ -146,7 +150,9 @@ def test_nan_dev_loss_is_not_a_best_checkpoint(tmp_path, monkeypatch, tiny_teach
 
         def nan_run(model, side, **kw):
             out = real_run(model, side, **kw)
-            return ModelOutputs(out.logits * float("nan"), out.hidden, out.input_embeds, out.target_embeds)
+            if out.logits is not None:
+                return dataclasses.replace(out, logits=out.logits * float("nan"))
+            return dataclasses.replace(out, hidden=out.hidden * float("nan"))
 
         monkeypatch.setattr(module_mod, "run_model", nan_run)
         try:
