@@ -66,7 +66,7 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
     assert (t_bpb["n_examples"], t_bpb["skipped"]) == (n_scored, 3 - n_scored)
     assert t_bpb["value"] > 0 if n_scored else np.isnan(t_bpb["value"])
     for seed in (1, 2):
-        texts = [s["text"] for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed]
+        texts = [s["output"] for s in sorted(samples, key=lambda s: s["key"]) if s["seed"] == seed and s["set"] == "tiny_dolly"]
         want = 100 * np.mean([scorer.score(t, x)["rougeL"].fmeasure for t, x in zip(t_texts, texts)])
         assert agree["rougeL"]["per_seed"][str(seed)] == pytest.approx(want, abs=1e-9)
     # the average: each set counts once, per seed, then mean over seeds

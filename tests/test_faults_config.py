@@ -93,7 +93,7 @@ def test_method_option_errors_blame_the_override(cfg_file, tmp_path):
     from dwakd.train.checks import check_method
 
     cfg = load_config(cfg_file, ["method.name=dwakd", "method.gamma=abc"])
-    with pytest.raises(ConfigError, match=r"^override 'method.gamma=abc': bad option for method 'dwakd'"):
+    with pytest.raises(ConfigError, match=r"^override 'method.gamma=abc': 'method.gamma' must be a number, got 'abc'"):
         check_method(cfg)
 
 
