@@ -93,7 +93,7 @@ def test_kill_while_writing_final_leaves_no_orphan(tmp_path, pair, reference, mo
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
 
-        monkeypatch.setattr(loop, "model_card", die)  # called inside the temporary final directory
+        monkeypatch.setattr(loop, "write_final_extras", die)  # called inside the temporary final directory
         train(cfg)
 
     assert in_child(child) == -signal.SIGKILL
@@ -120,7 +120,7 @@ def test_storage_error_at_each_write(phase, code, words, tmp_path, pair, referen
     if phase == "final":
         import dwakd.train.loop as loop
 
-        monkeypatch.setattr(loop, "model_card", fail)
+        monkeypatch.setattr(loop, "write_final_extras", fail)
     elif phase == "metrics":
         from dwakd.train.metrics import MetricsWriter
 

@@ -8,7 +8,7 @@ resume: finished cells are skipped and an interrupted cell continues from its la
 from __future__ import annotations
 
 NAME = "compare"
-HELP = "train and evaluate a grid of methods x training seeds; report means, paired differences and 95% CIs"
+HELP = "train and evaluate a grid of methods x training seeds; report means, paired differences and 95%% CIs"
 
 
 def add_arguments(p) -> None:
