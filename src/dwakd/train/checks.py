@@ -9,19 +9,6 @@ from dwakd.methods import validate_method_options
 from dwakd.methods.registry import method_class
 
 
-def _option_where(cfg: DwakdConfig, message: str) -> str:
-    """Where the option an error is about was written: the option the message names, else the only option
-    set by a command-line override, else the ``method`` section."""
-    keys = list(cfg.method.options)
-    named = [k for k in keys if f"method.{k}" in message or f"'{k}'" in message]
-    if len(named) == 1:
-        return where(cfg, f"method.{named[0]}")
-    overridden = [k for k in keys if where(cfg, f"method.{k}").startswith("override")]
-    if len(overridden) == 1:
-        return where(cfg, f"method.{overridden[0]}")
-    return where(cfg, "method")
-
-
 def check_method(cfg: DwakdConfig):
     """Validate ``method.name`` and every option against the method's ``Options``; return the method class.
 
