@@ -56,6 +56,8 @@ def plain_head(model) -> torch.Tensor | None:
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None or not hasattr(head, "weight"):
         return None
+    if hasattr(head.weight, "ds_id") or head.weight.numel() == 0:
+        return None  # a DeepSpeed ZeRO-3 partition: the full weight exists only inside the module call
     cfg = getattr(model, "config", None)
     for key in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
         value = getattr(cfg, key, None)
