@@ -161,12 +161,20 @@ def test_fsdp_lora_matches_one_process(tmp_path, tiny_teacher_dir, nd_student, t
     base = AutoModelForCausalLM.from_pretrained(nd_student).state_dict()
     changed = [k for k in merged2 if k in base and not torch.equal(merged2[k], base[k])]
     assert changed and all(k.endswith(("c_attn.weight", "c_fc.weight")) for k in changed)
+    # Adam's first steps move each LoRA entry by about +-lr whatever its gradient's size, so an entry
+    # whose gradient is float noise may flip with the reduction order: compare the updates as wholes
+    # (relative Frobenius norm), which is what the model's function depends on.
     for k in merged1:
-        torch.testing.assert_close(merged2[k], merged1[k], rtol=1e-4, atol=1e-6)
+        assert rel_norm_diff(merged2[k] - base.get(k, 0), merged1[k] - base.get(k, 0)) <= 1e-3, k
     a1, a2 = state_of(run1 / "final" / "adapter"), state_of(final / "adapter")
     assert a1.keys() == a2.keys() and a1
     for k in a1:
-        torch.testing.assert_close(a2[k], a1[k], rtol=1e-4, atol=1e-6)
+        assert rel_norm_diff(a2[k], a1[k]) <= 1e-3, k
+
+
+def rel_norm_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12)) if b.norm() > 0 else float((a - b).abs().max())
 
 
 def test_fsdp_dwakd_with_per_layer_wrapping_matches_one_process(tmp_path, tiny_teacher_dir, nd_student, tiny_dolly_path):
