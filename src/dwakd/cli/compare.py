@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
     p.add_argument("config", help="compare YAML, e.g. configs/study/compare.yaml")
     import argparse
 
-    # REMAINDER so options may follow overrides (``CONFIG a=1 --output-dir D``); see _split_remainder.
+    # REMAINDER so options may follow overrides (``CONFIG a=1 --output-dir D``); see dwakd.cli._remainder.
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key.sub=value",
                    help="overrides of the base training config")
     p.add_argument("--output-dir", default=None, help="grid directory (default: output_dir of the config)")
@@ -24,24 +24,9 @@ def add_arguments(p) -> None:
 
 def _split_remainder(args) -> None:
     """Move ``--output-dir D`` / ``--output-dir=D`` / ``--report-only`` found among the overrides onto ``args``."""
-    from dwakd.errors import ConfigError
+    from dwakd.cli._remainder import split_remainder
 
-    rest, items = [], list(args.overrides or [])
-    while items:
-        item = items.pop(0)
-        if item == "--report-only":
-            args.report_only = True
-        elif item == "--output-dir":
-            if not items:
-                raise ConfigError("--output-dir needs a directory")
-            args.output_dir = items.pop(0)
-        elif item.startswith("--output-dir="):
-            args.output_dir = item.split("=", 1)[1]
-        elif item.startswith("-"):
-            raise ConfigError(f"unknown option '{item}' (options: --output-dir DIR, --report-only)")
-        else:
-            rest.append(item)
-    args.overrides = rest
+    split_remainder(args, flags=("--report-only",), valued=("--output-dir",), usage="--output-dir DIR, --report-only")
 
 
 def run(args) -> int:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _load_commands():
         examples = getattr(mod, "EXAMPLES", None)
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP, formatter_class=fmt,
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP.replace("%%", "%"), formatter_class=fmt,
                            epilog=("examples:\n" + "\n".join(f"  {e}" for e in examples)) if examples else None)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -56,36 +56,13 @@ def add_arguments(p) -> None:
 
 
 def _split_remainder(args) -> None:
-    """Move ``--dry-run`` / ``--resume X`` / ``--resume=X`` found among the overrides onto ``args``."""
+    """Move ``--dry-run`` / ``--resume X`` / ``--resume=X`` (and the other options) found among the overrides onto ``args``."""
+    from dwakd.cli._remainder import split_remainder
     from dwakd.errors import ConfigError
 
-    rest, items = [], list(args.overrides or [])
-    while items:
-        item = items.pop(0)
-        if item == "--dry-run":
-            args.dry_run = True
-        elif item == "--print-config-reference":
-            args.print_config_reference = True
-        elif item == "--allow-config-change":
-            args.allow_config_change = True
-        elif item == "--resume":
-            if not items:
-                raise ConfigError("--resume needs a value: auto or a checkpoint directory")
-            args.resume = items.pop(0)
-        elif item.startswith("--resume="):
-            args.resume = item.split("=", 1)[1]
-        elif item in ("--processes", "--device"):
-            if not items:
-                raise ConfigError(f"{item} needs a value")
-            setattr(args, item[2:], items.pop(0))
-        elif item.startswith(("--processes=", "--device=")):
-            key, val = item[2:].split("=", 1)
-            setattr(args, key, val)
-        elif item.startswith("-"):
-            raise ConfigError(f"unknown option '{item}' (options: --dry-run, --resume auto|PATH, --allow-config-change, --processes N, --device D)")
-        else:
-            rest.append(item)
-    args.overrides = rest
+    split_remainder(args, flags=("--dry-run", "--print-config-reference", "--allow-config-change"),
+                    valued=("--resume", "--processes", "--device"),
+                    usage="--dry-run, --resume auto|PATH, --allow-config-change, --processes N, --device D")
     if args.processes is not None:
         try:
             args.processes = int(args.processes)
