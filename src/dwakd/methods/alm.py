@@ -62,9 +62,8 @@ from torch import nn
 
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.rows import dense_logits
+from dwakd.methods.rows import gold_cross_entropy
 
 ALM_DIVERGENCES = ("binary_ce", "binary_kl", "reverse_binary_kl", "abs_exp", "abs")
 CHUNK_WEIGHTS = ("chunk", "teacher_tokens")
@@ -173,11 +172,6 @@ class ALMOptions(MethodOptions):
 
 
 # ----------------------------------------------------------------------------- method
-def _flat_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b, pos = mask.nonzero(as_tuple=True)
-    return b, pos, b * mask.shape[1] + pos
-
-
 def _hidden_size(model) -> int | None:
     cfg = getattr(model, "config", None)
     for key in ("hidden_size", "n_embd", "d_model"):
@@ -206,15 +200,13 @@ class ALM(DistillMethod):
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: ALMOptions = self.options
         s_side, t_side = batch.student, batch.teacher
-        s_logits, t_logits = dense_logits(student_out), dense_logits(teacher_out).detach()
-        bsz = s_logits.shape[0]
-        sb, spos, s_flat = _flat_index(s_side.target_mask)
-        tb, tpos, t_flat = _flat_index(t_side.target_mask)
-        s_gold = s_side.target_ids[sb, spos]
-        t_gold = t_side.target_ids[tb, tpos]
-        s_ce = fused_rows(RowSide(s_logits.reshape(-1, s_logits.shape[-1]), index=s_flat, targets=s_gold)).ce_p
+        # only the gold rows' log-likelihoods are needed: never the [B, L, V] logits
+        s_ce, s_comp = gold_cross_entropy(student_out, s_side)
         with torch.no_grad():
-            t_ce = fused_rows(RowSide(t_logits.reshape(-1, t_logits.shape[-1]), index=t_flat, targets=t_gold)).ce_p
+            t_ce, t_comp = gold_cross_entropy(teacher_out, t_side)
+        bsz = s_side.target_mask.shape[0]
+        sb, spos = s_comp.flat // s_comp.width, s_comp.flat % s_comp.width
+        tb, tpos = t_comp.flat // t_comp.width, t_comp.flat % t_comp.width
 
         ch = span_chunks(s_side.target_spans, s_side.target_mask, t_side.target_spans, t_side.target_mask)
         k = ch.n_chunks

@@ -49,9 +49,8 @@ from torch.utils.checkpoint import checkpoint
 
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
-from dwakd.methods._chunked import RowSide, fused_rows
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.rows import dense_logits
+from dwakd.methods.rows import dense_logits, gold_cross_entropy
 
 ROW_CHUNK_ELEMENTS = 1 << 22
 
@@ -250,8 +249,7 @@ class CDM(DistillMethod):
         ls_, lt_ = s_side.target_mask.shape[1], t_side.target_mask.shape[1]
 
         # gold CE over every student response position
-        sb, spos = s_side.target_mask.nonzero(as_tuple=True)
-        ce = fused_rows(RowSide(zs2, index=sb * ls_ + spos, targets=s_side.target_ids[sb, spos])).ce_p
+        ce, _ = gold_cross_entropy(zs, s_side)
 
         # 1. entropy-weighted DTW on compacted response positions
         ps, n_s = compact_positions(s_side.target_mask)

@@ -256,7 +256,7 @@ def rows_to_logits(rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Ten
 def dense_logits(out) -> torch.Tensor:
     """``[B, L, V]`` logits of every position: the materialised ones, else hidden states @ head.
 
-    For methods whose alignment needs every position's distribution (``alm``, ``cdm``); it
+    For methods whose alignment needs every position's distribution (``cdm``); it
     materialises what :func:`logit_side` avoids, so prefer that where the rows are known first."""
     if out.logits is not None:
         return out.logits
