@@ -54,18 +54,20 @@ L += ["## How to reproduce / resume", "",
       "From the repository root (the study ran from a frozen checkout of commit "
       f"`{(study / 'FROZEN_COMMIT').read_text().strip() if (study / 'FROZEN_COMMIT').is_file() else '?'}` at "
       "`/work/study-frozen`, run directories under `/work/study-runs`):", "",
-      "```", "STUDY=/work/study-runs DWAKD=dwakd PY=python nohup bash configs/study/run_study.sh >> /work/study-runs/study.log 2>&1 &",
+      "```", "STUDY=/work/study-runs OMP_NUM_THREADS=1 nohup bash configs/study/run_study.sh >> /work/study-runs/study.log 2>&1 &",
       "```", "",
       "The script is resumable: rerun it after any interruption. Stages: data split, `dwakd pretrain "
       "configs/study/pretrain.yaml`, the SFT budget sweep (`dwakd compare configs/study/budget.yaml`), "
-      "teacher fine-tuning (`dwakd train configs/study/teacher-sft.yaml`), then the grid "
-      "(`dwakd compare configs/study/compare.yaml ... model.teacher=<study>/teacher-sft/final "
-      "train.lr=<budget> train.epochs=<budget>`). Refresh this page with "
+      "optional teacher fine-tuning (`TEACHER_SFT=1`: `dwakd train configs/study/teacher-sft.yaml`), then the "
+      "grid (`dwakd compare configs/study/compare.yaml ... train.lr=<budget> train.epochs=<budget>`). Refresh this page with "
       "`PYTHONPATH=src python configs/study/write_results.py /work/study-runs docs`.", ""]
 L += ["## Setup", "",
-      "- **Teacher:** SmolLM2-135M-Instruct, first fine-tuned (all weights, SFT on gold responses, chat template, "
-      "lr 2e-5, 1 epoch, batch 8, bf16 autocast) on the same 620 training records "
-      + (f"(status: {tstatus.get('status')}" + (f", final dev loss {tstatus['dev_loss']:.3f}" if isinstance(tstatus.get('dev_loss'), float) else "") + ")" if tstatus else "(pending)") + ".",
+      ("- **Teacher:** SmolLM2-135M-Instruct, first fine-tuned (all weights, SFT on gold responses, chat template, "
+       "lr 2e-5, 1 epoch, batch 8, bf16 autocast) on the same 620 training records "
+       + (f"(status: {tstatus.get('status')})" if tstatus else "") + "." if tstatus else
+       "- **Teacher:** SmolLM2-135M-Instruct as released (an instruction-tuned model; its own ROUGE-L is the "
+       "`teacher` row). The paper fine-tunes its teachers on Dolly first; here that costs about 40 CPU minutes "
+       "(80 steps at ~30 s on 1 thread), so it is opt-in (`TEACHER_SFT=1`) and was not run."),
       "- **Data:** `dolly-train-688.jsonl` split once: every 10th record is dev (68), the rest train (620). "
       "Gold responses as targets, as in the paper; student prompts in the plain Dolly template, teacher prompts "
       "in its chat template; at most 256 tokens per side, prompts cut to 128.",
