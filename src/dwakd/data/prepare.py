@@ -20,7 +20,6 @@ applied, counts, dwakd version, time).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,17 +28,10 @@ from pathlib import Path
 from dwakd.data.prompts import plain_prompt
 from dwakd.data.records import load_records
 from dwakd.errors import ConfigError, DataError
+from dwakd.fsio import sha256_file, write_text_atomic
 
 SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 HUB_SOURCES = {"dolly": "databricks/databricks-dolly-15k"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flatten(rows: list[dict]) -> list[dict]:
@@ -113,7 +105,7 @@ def prepare_set(name: str, source: str | None, out_dir: str | Path, *, split: st
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows_read": len(rows)}
     p = Path(str(source)).expanduser()
     if p.is_file():
-        prov["source_sha256"] = _sha256(p)
+        prov["source_sha256"] = sha256_file(p)
     files: dict[str, list[dict]] = {}
     if name == "dolly":
         kept = records
@@ -145,7 +137,6 @@ def prepare_set(name: str, source: str | None, out_dir: str | Path, *, split: st
         files = {"test.jsonl": [_minillm(r) for r in records]}
     for fname, frows in files.items():
         _write(out / fname, frows)
-    prov["files"] = {f: {"rows": len(r), "sha256": _sha256(out / f)} for f, r in files.items()}
-    _write_text = json.dumps(prov, indent=2) + "\n"
-    (out / "PROVENANCE.json").write_text(_write_text, encoding="utf-8")
+    prov["files"] = {f: {"rows": len(r), "sha256": sha256_file(out / f)} for f, r in files.items()}
+    write_text_atomic(out / "PROVENANCE.json", json.dumps(prov, indent=2) + "\n")
     return prov

@@ -9,7 +9,6 @@ safetensors model directory under ``$DWAKD_HOME/models/<alias>``. Later loads re
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import logging
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dwakd.errors import ModelLoadError
+from dwakd.fsio import sha256_file
 from dwakd.models.home import atomic_directory, dwakd_home
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,6 @@ def gguf_path(alias: GGUFAlias) -> Path:
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_dir(alias: GGUFAlias) -> Path:
     return dwakd_home() / "models" / alias.name
 
@@ -114,7 +106,7 @@ def _convert(alias: GGUFAlias, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = gguf_path(alias)
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != alias.sha256:
         raise ModelLoadError(
             f"{path} is corrupt or not the expected file (sha256 {digest[:12]}..., expected "
