@@ -111,3 +111,18 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# ----------------------------------------------------------------------------- fault tests (tests/test_faults_*.py)
+@pytest.fixture
+def pair(tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+    """(teacher dir, student dir, data path) of the tiny pair the fault tests train."""
+    return tiny_teacher_dir, tiny_student_dir, tiny_dolly_path
+
+
+@pytest.fixture
+def reference(tmp_path_factory, pair):
+    """The final weights of an uninterrupted tiny run (what every fault must still reach)."""
+    from _faults import reference_final
+
+    return reference_final(tmp_path_factory, *pair)

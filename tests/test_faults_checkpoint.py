@@ -22,7 +22,6 @@ from _faults import (
     fault_cfg,
     in_child,
     leftovers,
-    reference_final,
     status_of,
 )
 from dwakd.errors import ConfigError, StorageError
@@ -31,16 +30,6 @@ from dwakd.train.checkpoint import complete_checkpoints, resolve_resume
 
 # The write phases of CheckpointManager.save, in order (each a function of dwakd.train.checkpoint).
 PHASES = ["_write_state", "save_student_dir", "_write_config", "_write_trainer_state", "_write_manifest", "_publish"]
-
-
-@pytest.fixture
-def pair(tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
-    return tiny_teacher_dir, tiny_student_dir, tiny_dolly_path
-
-
-@pytest.fixture
-def reference(tmp_path_factory, pair):
-    return reference_final(tmp_path_factory, *pair)
 
 
 def _after_phase(monkeypatch, phase: str, action, step: int = 4) -> None:

@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _faults import assert_verifies, fault_cfg, status_of
+from _faults import (
+    assert_verifies,
+    fault_cfg,
+    status_of,
+)
 from _train_helpers import state_of
 from dwakd.errors import ConfigError
 from dwakd.train import train
 from dwakd.train.metrics import read_metrics
-
-
-@pytest.fixture
-def pair(tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
-    return tiny_teacher_dir, tiny_student_dir, tiny_dolly_path
 
 
 @pytest.fixture

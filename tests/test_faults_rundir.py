@@ -17,23 +17,19 @@ import pytest
 import torch
 import yaml
 
-from _faults import assert_same_weights, assert_verifies, fault_cfg, leftovers, reference_final, status_of
+from _faults import (
+    assert_same_weights,
+    assert_verifies,
+    fault_cfg,
+    leftovers,
+    status_of,
+)
 from dwakd.errors import ConfigError, RunLockedError, TrainingInterrupted
 from dwakd.train import train
 from dwakd.train.metrics import read_metrics
 from dwakd.train.rundir import RunLock
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def pair(tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
-    return tiny_teacher_dir, tiny_student_dir, tiny_dolly_path
-
-
-@pytest.fixture
-def reference(tmp_path_factory, pair):
-    return reference_final(tmp_path_factory, *pair)
 
 
 def cli(*argv) -> int:
