@@ -235,6 +235,88 @@ def _ref_alm(method, s, t, batch):
     return {"ce": _ref_ce(so, batch), "alm": alm}
 
 
+def _ref_cdm(method, s, t, batch):
+    """CDM from its module docstring, one example and one pair at a time: a naive DTW table on the
+    entropy-weighted span cost, the path's cheapest partner per student position, then the teacher's
+    top-k mapped through the student's top-k by text (else the global fallback), renormalised."""
+    o = method.options
+    so, to = stub_outputs(s, batch.student), stub_outputs(t, batch.teacher)
+    text_s, text_t = method.text_s.tolist(), method.text_t.tolist()
+    v_s = so.logits.shape[-1]
+    inf = float("inf")
+
+    def positions(side, b):
+        return side.target_mask[b].nonzero().flatten().tolist()
+
+    def conf(z):
+        logp = F.log_softmax(z.detach(), -1)
+        return 1 - float(-(logp.exp() * logp).sum()) / math.log(z.shape[-1])
+
+    def one_minus_iou(a, c):
+        inter = max(0, min(a[1], c[1]) - max(a[0], c[0]))
+        union = (a[1] - a[0]) + (c[1] - c[0]) - inter
+        if union > 0:
+            return 1 - inter / union
+        return 0.0 if a[0] == c[0] else 1.0  # two empty spans
+
+    kd = 0.0
+    for b in range(batch.batch_size):
+        ps, pt = positions(batch.student, b), positions(batch.teacher, b)
+        n, m = len(ps), len(pt)
+        if not n or not m:
+            continue
+        sp = [tuple(int(v) for v in batch.student.target_spans[b, i]) for i in ps]
+        tp = [tuple(int(v) for v in batch.teacher.target_spans[b, j]) for j in pt]
+        base = [[one_minus_iou(sp[i], tp[j]) for j in range(m)] for i in range(n)]
+        cs = [conf(so.logits[b, i]) for i in ps]
+        ct = [conf(to.logits[b, j]) for j in pt]
+        cost = [[base[i][j] * ((1 + 0.5 * (cs[i] + ct[j])) if o.entropy_weighted else 1.0) for j in range(m)]
+                for i in range(n)]
+        R = [[inf] * (m + 1) for _ in range(n + 1)]
+        R[0][0] = 0.0
+        for i in range(1, n + 1):
+            for j in range(1, m + 1):
+                R[i][j] = cost[i - 1][j - 1] + min(R[i - 1][j - 1], R[i - 1][j], R[i][j - 1])
+        path, i, j = set(), n, m
+        while i > 0 and j > 0:
+            path.add((i - 1, j - 1))
+            diag, up, left = R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]
+            if diag <= up and diag <= left:
+                i, j = i - 1, j - 1
+            elif up <= left:
+                i -= 1
+            else:
+                j -= 1
+        for i in range(n):
+            partners = sorted(j for (a, j) in path if a == i)
+            if not partners:
+                continue
+            j = min(partners, key=lambda jj: base[i][jj])  # the earliest among equal costs
+            if base[i][j] > o.max_cost:
+                continue
+            zs, zt = so.logits[b, ps[i]], to.logits[b, pt[j]]
+            s_top = zs.topk(min(o.student_topk, v_s)).indices.tolist()
+            t_top = zt.topk(min(o.teacher_topk, zt.shape[-1])).indices.tolist()
+            p_t = F.softmax(zt / o.temperature, -1)
+            logp_s = F.log_softmax(zs / o.temperature, -1)
+            mass = {}  # student id -> mapped teacher mass
+            for u in t_top:
+                if text_t[u] < 0:
+                    continue
+                hit = [v for v in s_top if v < len(text_s) and text_s[v] == text_t[u]]
+                if not hit and o.global_fallback:
+                    hit = [v for v in range(min(v_s, len(text_s))) if text_s[v] == text_t[u]]
+                if hit:
+                    mass[hit[0]] = mass.get(hit[0], 0.0) + p_t[u]
+            total = sum(mass.values())
+            if not mass or float(total.detach()) <= 0:
+                continue
+            for v, q in mass.items():
+                q = q / total
+                kd = kd + q * (torch.log(q) - logp_s[v])
+    return {"ce": _ref_ce(so, batch), "kd": kd}
+
+
 REFERENCES = {
     "sft": _ref_sft,
     "kd": _ref_kd,
@@ -247,14 +329,13 @@ REFERENCES = {
     "multilevel-ot": _ref_mlot,
     "toy-kd": _ref_toy,
     "alm": _ref_alm,
+    "cdm": _ref_cdm,
 }
 
 
 # ----------------------------------------------------------------------------- the contract
-# cdm is checked against float64 loops on hand-built examples in tests/test_methods_cdm.py; its
-# contract-batch reference is still to be written, so the contract marks it as a known gap (strict:
-# the mark fails once a reference exists).
-_NO_CONTRACT_REFERENCE_YET = {"cdm"}
+# Every registered method has its reference now; a method added without one fails the test below.
+_NO_CONTRACT_REFERENCE_YET: set[str] = set()
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
@@ -273,6 +354,19 @@ def test_matches_its_float64_reference(name):
         torch.testing.assert_close(out.terms[k].double(), torch.as_tensor(v, dtype=torch.float64).detach(),
                                    rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
     assert int(out.n_tokens) == int(batch.student.target_mask.sum())
+
+
+@pytest.mark.parametrize("opts", [{"entropy_weighted": False}, {"global_fallback": False}, {"temperature": 2.0},
+                                  {"teacher_topk": 3, "student_topk": 2, "max_cost": 0.5}])
+def test_cdm_options_match_the_reference(opts):
+    s, t = _models("cdm", seed=3)
+    batch = _batch("cdm")
+    method = _build("cdm", s, t, **opts)
+    out = _run(method, s, t, batch)
+    ref = _ref_cdm(method, copy.deepcopy(s).double(), copy.deepcopy(t).double(), batch)
+    assert float(torch.as_tensor(ref["kd"]).detach()) > 0
+    torch.testing.assert_close(out.terms["kd"].double(), torch.as_tensor(ref["kd"], dtype=torch.float64).detach(),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)
