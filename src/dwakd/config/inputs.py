@@ -51,7 +51,7 @@ def resolve_report_to(value) -> list[str]:
     Raises ``ValueError`` with the reason (unknown name with a suggestion, or a missing package).
     ``all`` means every supported tracker that is installed (as in TRL/transformers).
     """
-    import difflib
+    from dwakd.config.typed import did_you_mean
 
     if value is None:
         return []
@@ -67,9 +67,8 @@ def resolve_report_to(value) -> list[str]:
         if n in ("all", "none"):
             raise ValueError(f"'{n}' must be used alone")
         if n not in supported:
-            close = difflib.get_close_matches(n, supported, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown tracker '{n}' (supported: {', '.join(supported)}, all, none){hint}")
+            raise ValueError(f"unknown tracker '{n}' (supported: {', '.join(supported)}, all, none)"
+                             f"{did_you_mean(n, supported)}")
         if not tracker_installed(n):
             raise ValueError(f"tracker '{n}' needs the '{_TRACKER_MODULES.get(n, (n,))[0]}' package: "
                              f"pip install {_TRACKER_MODULES.get(n, (n,))[0]}")

@@ -119,7 +119,7 @@ class DataConfig:
 class MethodConfig:
     """The distillation method (see ``dwakd.methods.available_methods()``) and its options."""
 
-    name: str = _f("dwakd", "Registered method name: sft, kd, dskd, dskd-eta, uld, mined, multilevel-ot, dwakd, dwakd-eta.")
+    name: str = _f("dwakd", "Registered method name: sft, kd, dskd, dskd-eta, uld, mined, multilevel-ot, dwakd, dwakd-eta, alm, cdm (or one registered by a plugin).")
     options: dict[str, Any] = _f(factory=dict, help="Options of that method (written flat in YAML: method.gamma: 1.0).")
 
 

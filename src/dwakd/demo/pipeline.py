@@ -53,7 +53,7 @@ class DemoSettings:
     ``corpus`` defaults to :func:`default_pretrain_corpus`). ``train_seeds``: training seeds per method.
     """
 
-    n_train: int = 240
+    n_train: int = 176
     n_test: int = 40
     answer_tokens: int = 48
     epochs: int = 2
@@ -69,7 +69,7 @@ class DemoSettings:
     })
     pretrain: dict = field(default_factory=lambda: {
         "heldout_fraction": 0.05, "max_heldout_bytes": 40000,
-        "train": {"block_size": 128, "batch_size": 16, "lr": 3e-3, "epochs": 1, "max_steps": 150,
+        "train": {"block_size": 128, "batch_size": 16, "lr": 3e-3, "epochs": 1, "max_steps": 120,
                   "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "bf16": True, "seed": 0, "log_every": 25},
     })
 
