@@ -103,6 +103,36 @@ def test_zero_matches_one_process_and_skips_the_same_non_finite_step(
             assert rec["module"]["local_numel"] < rec["module"]["full_numel"]
 
 
+@pytest.mark.multiprocess
+@needs_deepspeed
+def test_zero3_trains_a_logits_method_like_one_process(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+    """ULD (gold CE + teacher logits; declares supports_zero3) under ZeRO-3: the partitioned student's
+    head is not read outside its module call (its logits are materialised), and 2 processes give the
+    1-process run's losses, gradient norms and final weights."""
+    from dwakd.methods.registry import method_class
+
+    assert method_class("uld").supports_zero3 and method_class("sft").supports_zero3
+    student = no_dropout_copy(tiny_student_dir, tmp_path / "student_nd")
+    common = dict(batch_size=2, max_steps=2, eval_every=2, save_every=2, max_grad_norm=1.0)
+    one = base_config(tmp_path / "one", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=4, **common)
+    two = base_config(tmp_path / "two", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=2, **common)
+    for cfg in (one, two):
+        cfg["method"] = {"name": "uld"}
+    train(config_from_dict(one))
+    launch_deepspeed(two, tmp_path, "two", 3, placement=tmp_path / "placement")
+    run1, run2 = tmp_path / "one" / "run", tmp_path / "two" / "run"
+    t1, t2 = read_metrics(run1 / "metrics.jsonl", "train"), read_metrics(run2 / "metrics.jsonl", "train")
+    assert [r["step"] for r in t1] == [r["step"] for r in t2] == [1, 2]
+    for a, b in zip(t1, t2):
+        for key in ("loss", "term/ce", "term/uld", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+    recs = [json.loads((tmp_path / f"placement.{r}.json").read_text()) for r in (0, 1)]
+    assert all(rec["module"]["local_numel"] < rec["module"]["full_numel"] for rec in recs)  # partitioned
+    w1, w2 = state_of(run1 / "final"), state_of(run2 / "final")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
 def _fake_deepspeed_accelerator(ds_config: dict, processes: int = 4):
     from types import SimpleNamespace
 

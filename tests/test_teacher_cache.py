@@ -42,7 +42,9 @@ def _data(cfg):
     return prepare_data(cfg, check_method(cfg))
 
 
-def test_cached_teacher_gives_the_live_loss(home, tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+@pytest.mark.parametrize("method_name", ["dwakd", "uld", "alm", "cdm"])
+def test_cached_teacher_gives_the_live_loss(method_name, home, tmp_path, tiny_teacher_dir, tiny_student_dir,
+                                            tiny_dolly_path):
     cfg = _cfg(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path)
     summary = build_cache_for_config(cfg, batch_size=4, progress=False)
     assert summary["examples"] == 16 and summary["bytes_per_token"] == 64 * 2  # d_t = 64, bf16
@@ -54,7 +56,9 @@ def test_cached_teacher_gives_the_live_loss(home, tmp_path, tiny_teacher_dir, ti
     student = load_model(tiny_student_dir).eval()
     cache = TeacherCache.load(summary["path"], fingerprint=teacher_fingerprint(tiny_teacher_dir, data.teacher_tokenizer))
     torch.manual_seed(0)
-    method = build_method("dwakd", student, teacher)
+    method = build_method(method_name, student, teacher)
+    if hasattr(method, "attach_tokenizers"):
+        method.attach_tokenizers(data.student_tokenizer, data.teacher_tokenizer)
     assert cache_can_serve(method.teacher_needs()) is None
     batch = data.collate(list(range(8)))
     with torch.no_grad():

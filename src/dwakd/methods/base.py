@@ -124,6 +124,9 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    #: capability flag: the method reads no student weight outside the student's own forward, so it
+    #: may run under DeepSpeed ZeRO-3 (where the weights exist whole only inside module calls)
+    supports_zero3: ClassVar[bool] = False
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, options: MethodOptions):

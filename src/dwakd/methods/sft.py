@@ -26,6 +26,7 @@ class SFT(DistillMethod):
     name = "sft"
     description = "Supervised fine-tuning: cross-entropy on the gold response (no teacher)"
     needs_teacher = False
+    supports_zero3 = True  # reads only the logits of the student's own forward
     Options = SFTOptions
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:

@@ -70,6 +70,7 @@ class ULD(DistillMethod):
     name = "uld"
     description = "Universal Logit Distillation: L1 between sorted probability vectors, aligned by response start"
     Options = ULDOptions
+    supports_zero3 = True  # reads only the forward's logits (materialised when the head is a ZeRO-3 partition)
 
     def teacher_needs(self) -> TeacherNeeds:
         """Teacher logits at the response positions only."""
