@@ -111,9 +111,11 @@ def device_named(name: str) -> Device:
         raise ConfigError(f"--device {name}: unknown; use cuda or cuda:<{'|'.join(DEVICES)}>")
     return DEVICES[key]
 
-# Measured on this CPU (BENCHMARKS.md "Method step": dwakd, embedded pair SmolLM2-135M -> built Llama
-# 256 x 4 layers, vocab 4,096; batch 4, ~600 student tokens per step, median 8.709 s, 1 thread,
-# float32; peak of one AVX2 core ~ 2 x 8-wide FMA x 2.45 GHz = 78 GFLOP/s).
+# Measured on this CPU (the "Method step" table of BENCHMARKS.md as of commit 404bc82, 2026-11-28,
+# benchmarks/bench_methods_step.py: dwakd, embedded pair SmolLM2-135M -> built Llama 256 x 4 layers,
+# vocab 4,096; batch 4, ~600 student tokens per step, median 8.709 s, 1 thread, float32, loaded
+# machine; peak of one AVX2 core ~ 2 x 8-wide FMA x 2.45 GHz = 78 GFLOP/s). Later tables measure
+# other configurations; the anchor only sets the efficiency of the +-50 % estimate.
 CPU_ANCHOR = {"tokens_per_step": 600, "step_s": 8.709, "peak_tflops": 0.078, "seq": 150, "batch": 4,
               "teacher": Arch(576, 30, 9, 3, 1536, 49152, True, True),
               "student": Arch(256, 4, 4, 4, 688, 4096, False, True)}
