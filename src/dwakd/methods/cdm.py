@@ -50,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
-from dwakd.methods.rows import dense_logits, gold_cross_entropy
+from dwakd.methods.rows import gold_cross_entropy, row_source, rows_to_logits
 
 ROW_CHUNK_ELEMENTS = 1 << 22
 
@@ -159,40 +159,53 @@ def canonical_text(tokenizer, ids) -> list[str]:
     return out
 
 
-def _row_stats(logits2d: torch.Tensor, index: torch.Tensor, k: int):
+class _LogitRows:
+    """A model's logits rows by flat index ``b * L + pos``: its materialised logits, or (when
+    ``out.logits`` is ``None``) hidden rows times the LM head, so only the selected rows' logits
+    ever exist (see :func:`dwakd.methods.rows.row_source`)."""
+
+    def __init__(self, out, *, detach: bool = False):
+        x, self.weight = row_source(out, detach=detach)
+        self.x = x.reshape(-1, x.shape[-1])
+        self.width = int(out.vocab_size)
+        self.requires_grad = self.x.requires_grad or (self.weight is not None and self.weight.requires_grad)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        """``[n, V]`` float32 logits of the rows ``index``."""
+        return rows_to_logits(self.x[index], self.weight).float()
+
+
+def _row_stats(rows: _LogitRows, index: torch.Tensor, k: int):
     """No-grad ``(normalised entropy [N], top-k ids [N, k])`` of the selected rows, in chunks."""
-    width = logits2d.shape[-1]
+    width = rows.width
     k = min(k, width)
     n = index.numel()
-    ent = torch.zeros(n, dtype=torch.float64, device=logits2d.device)
-    top = torch.zeros((n, k), dtype=torch.long, device=logits2d.device)
+    ent = torch.zeros(n, dtype=torch.float64, device=index.device)
+    top = torch.zeros((n, k), dtype=torch.long, device=index.device)
     step = max(1, ROW_CHUNK_ELEMENTS // max(width, 1))
     with torch.no_grad():
         for lo in range(0, n, step):
-            z = logits2d[index[lo:lo + step]].float()
+            z = rows[index[lo:lo + step]]
             logp = torch.log_softmax(z, -1)
             ent[lo:lo + step] = -(logp.exp() * logp.clamp_min(-1e4)).sum(-1).double()
             top[lo:lo + step] = z.topk(k, dim=-1).indices
     return ent / max(float(torch.log(torch.tensor(float(width)))), 1e-12), top
 
 
-def _student_logprob_at(logits2d, index, ids, temperature):
+def _student_logprob_at(rows: _LogitRows, index, ids, temperature):
     """``[N, k]`` ``log softmax(z / tau)[ids]`` of the selected rows, with gradient, chunked under
     activation checkpointing (no ``[N, V]`` tensor kept for the backward)."""
-    def fn(rows, ids_c):
-        z = logits2d_rows(rows) / temperature
+    def fn(index_c, ids_c):
+        z = rows[index_c] / temperature
         return z.gather(1, ids_c) - torch.logsumexp(z, -1, keepdim=True)
 
-    def logits2d_rows(rows):
-        return logits2d[rows].float()
-
-    step = max(1, ROW_CHUNK_ELEMENTS // max(logits2d.shape[-1], 1))
+    step = max(1, ROW_CHUNK_ELEMENTS // max(rows.width, 1))
     outs = []
     for lo in range(0, index.numel(), step):
         args = (index[lo:lo + step], ids[lo:lo + step])
-        outs.append(checkpoint(fn, *args, use_reentrant=False) if logits2d.requires_grad else fn(*args))
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if rows.requires_grad else fn(*args))
     if not outs:
-        return logits2d.new_zeros((0, ids.shape[1]), dtype=torch.float32)
+        return rows.x.new_zeros((0, ids.shape[1]), dtype=torch.float32)
     return torch.cat(outs)
 
 
@@ -242,14 +255,14 @@ class CDM(DistillMethod):
             raise ConfigError("method (cdm) needs the tokenizers (attach_tokenizers) before the first step")
         opts: CDMOptions = self.options
         s_side, t_side = batch.student, batch.teacher
-        zs, zt = dense_logits(student_out), dense_logits(teacher_out).detach()
-        dev = zs.device
-        vs, vt = zs.shape[-1], zt.shape[-1]
-        zs2, zt2 = zs.reshape(-1, vs), zt.reshape(-1, vt)
+        # logits rows only where needed (response positions): never the [B, L, V] tensors
+        zs2, zt2 = _LogitRows(student_out), _LogitRows(teacher_out, detach=True)
+        dev = s_side.target_mask.device
+        vs, vt = zs2.width, zt2.width
         ls_, lt_ = s_side.target_mask.shape[1], t_side.target_mask.shape[1]
 
         # gold CE over every student response position
-        ce, _ = gold_cross_entropy(zs, s_side)
+        ce, _ = gold_cross_entropy(student_out, s_side)
 
         # 1. entropy-weighted DTW on compacted response positions
         ps, n_s = compact_positions(s_side.target_mask)
@@ -287,7 +300,7 @@ class CDM(DistillMethod):
         ok = mapped >= 0
         with torch.no_grad():
             t_rows = (kb * lt_ + pt[kb, kj])
-            t_logp = torch.log_softmax(zt2[t_rows].float() / opts.temperature, -1).gather(1, t_ids)
+            t_logp = torch.log_softmax(zt2[t_rows] / opts.temperature, -1).gather(1, t_ids)
             mass = torch.where(ok, t_logp.exp(), 0.0).double()
             total = mass.sum(-1, keepdim=True)
             pair_ok = total.squeeze(-1) > 0
@@ -298,7 +311,7 @@ class CDM(DistillMethod):
         s_rows = kb * ls_ + ps[kb, ki]
         s_logp = _student_logprob_at(zs2, s_rows, mapped.clamp(min=0), opts.temperature)
         kd_rows = q_log_q.float() - (q.float() * torch.where(ok, s_logp, 0.0)).sum(-1)
-        kd = torch.where(pair_ok, kd_rows, 0.0).sum() if kd_rows.numel() else zs.sum() * 0.0
+        kd = torch.where(pair_ok, kd_rows, 0.0).sum() if kd_rows.numel() else ce.sum() * 0.0
 
         return LossTerms(
             terms={"ce": ce.sum(), "kd": kd},

@@ -251,13 +251,3 @@ def row_source(out, *, detach: bool = False) -> tuple[torch.Tensor, torch.Tensor
 def rows_to_logits(rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Logits of gathered rows (see :func:`row_source`); call inside a chunk of :func:`chunked_rows`."""
     return rows if weight is None else rows.to(weight.dtype) @ weight.t()
-
-
-def dense_logits(out) -> torch.Tensor:
-    """``[B, L, V]`` logits of every position: the materialised ones, else hidden states @ head.
-
-    For methods whose alignment needs every position's distribution (``cdm``); it
-    materialises what :func:`logit_side` avoids, so prefer that where the rows are known first."""
-    if out.logits is not None:
-        return out.logits
-    return out.hidden.to(out.head_weight.dtype) @ out.head_weight.t()
