@@ -10,6 +10,7 @@
       - {kind: wikitext, path: ../shared/data/wikitext-2/valid.txt}
       - {kind: jsonl, path: my.jsonl, field: text}
       - {kind: datasets, name: wikitext, config: wikitext-2-raw-v1, split: train, field: text}
+      - {kind: teacher, name: smollm2-135m-instruct, limit: 2000, max_new_tokens: 192, seed: 0}
     heldout_fraction: 0.05
     train: {block_size: 256, batch_size: 16, lr: 2.0e-3, epochs: 3, ...}
     output_dir: null  # default: $DWAKD_HOME/pretrained/<hash of this config and the corpus>
@@ -31,13 +32,17 @@ from dwakd.errors import ConfigError
 class CorpusSource:
     """One source of documents (see :mod:`dwakd.pretrain.corpus`)."""
 
-    kind: Literal["text", "jsonl", "wikitext", "datasets"] = "text"
+    kind: Literal["text", "jsonl", "wikitext", "datasets", "teacher"] = "text"
     path: str | None = None
     field: str = "text"
     name: str | None = None
     config: str | None = None
     split: str = "train"
     limit: int | None = None
+    # kind teacher (dwakd.pretrain.teacher_corpus): name = the teacher, limit = documents to write
+    max_new_tokens: int = 192
+    seed: int = 0
+    batch_size: int = 16
 
 
 @dataclass
@@ -81,7 +86,7 @@ def pretrain_config_from_dict(data: dict, *, marks: dict | None = None, origin: 
     corpus = []
     raw = data.get("corpus")
     if not isinstance(raw, list) or not raw:
-        problems.add("corpus", "corpus must be a non-empty list of sources ({kind: text|jsonl|wikitext|datasets, ...})")
+        problems.add("corpus", "corpus must be a non-empty list of sources ({kind: text|jsonl|wikitext|datasets|teacher, ...})")
         raw = []
     for i, item in enumerate(raw):
         key = f"corpus[{i}]"
@@ -89,9 +94,15 @@ def pretrain_config_from_dict(data: dict, *, marks: dict | None = None, origin: 
             problems.add("corpus", f"{key} must be a mapping, got {item!r}")
             continue
         src = build_dataclass(CorpusSource, item, key, problems)
-        if src.kind == "datasets" and not src.name:
-            problems.add("corpus", f"{key}: kind 'datasets' needs name")
-        if src.kind != "datasets":
+        if src.kind in ("datasets", "teacher") and not src.name:
+            problems.add("corpus", f"{key}: kind '{src.kind}' needs name"
+                         + (" (the teacher model, e.g. smollm2-135m-instruct)" if src.kind == "teacher" else ""))
+        if src.kind == "teacher":
+            for name in ("limit", "max_new_tokens", "batch_size"):
+                v = getattr(src, name)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    problems.add("corpus", f"{key}: kind 'teacher' needs {name} as an integer >= 1, got {v!r}")
+        if src.kind not in ("datasets", "teacher"):
             if not src.path:
                 problems.add("corpus", f"{key}: kind '{src.kind}' needs path")
             elif base_dir is not None and not Path(src.path).is_absolute() and not Path(src.path).exists():

@@ -6,7 +6,9 @@ A corpus is a list of *documents* (strings). Sources:
 - ``jsonl``: one JSON object per line, the document is ``field`` (default ``text``);
 - ``wikitext``: the *tokenized* WikiText release (``wiki.valid.tokens`` / ``valid.txt``), detokenized
   (:func:`detokenize_wikitext`) and split into articles at its top-level ``= Title =`` headings;
-- ``datasets``: ``datasets.load_dataset(name, config, split=split)[field]`` (offline cache or hub).
+- ``datasets``: ``datasets.load_dataset(name, config, split=split)[field]`` (offline cache or hub);
+- ``teacher``: ``limit`` documents the teacher ``name`` writes from varied seed prompts, cached and
+  resumable (:mod:`dwakd.pretrain.teacher_corpus`).
 
 The held-out part is chosen by a hash of each document (:func:`is_heldout`), so it does not depend on
 the order or the number of sources.
@@ -68,6 +70,11 @@ def wikitext_articles(raw: str, *, unk: str = "") -> list[str]:
 
 def read_source(src) -> list[str]:
     """Documents of one :class:`~dwakd.pretrain.config.CorpusSource`."""
+    if src.kind == "teacher":
+        from dwakd.pretrain.teacher_corpus import teacher_corpus
+
+        return teacher_corpus(src.name, src.limit, max_new_tokens=src.max_new_tokens, seed=src.seed,
+                              batch_size=src.batch_size)
     if src.kind == "datasets":
         try:
             import datasets
