@@ -193,6 +193,12 @@ def machine() -> dict:
     return info
 
 
+def _shown(path) -> str:
+    """A path as the command line would give it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def write_markdown(results: list[dict], info: dict, args) -> str:
     ref = next((r for r in results if r["name"] == "dskd" and "error" not in r), None)
     where = "GPU " + info["gpu"] if "gpu" in info else f"CPU ({info['cores']} cores)"
@@ -247,7 +253,7 @@ def write_markdown(results: list[dict], info: dict, args) -> str:
               f"--steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}"
               + (f" --threads {args.threads}" if args.threads else "")
               + (f" --methods {args.methods}" if args.methods != ",".join(VARIANTS) else "")
-              + (f" --results {Path(args.results).relative_to(REPO)}" if Path(args.results).resolve() != RESULTS else "")
+              + (f" --results {_shown(args.results)}" if Path(args.results).resolve() != RESULTS else "")
               + "`", ""]
     return "\n".join(lines)
 
