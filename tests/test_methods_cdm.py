@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from _cdm_ref import dtw_path, iou_cost, norm_entropy
 from _methods_batches import collated_batch, pair, place_rows, side_from_ids, train_losses
 from dwakd.errors import ConfigError
 from dwakd.methods import build_method, validate_method_options
@@ -59,40 +60,6 @@ def _method(**opts):
 
 
 # ----------------------------------------------------------------------------- the reference
-def _dtw_ref(cost):
-    """Textbook DTW with backtrack (diagonal, then up, then left on ties): the path as a set."""
-    n, m = len(cost), len(cost[0])
-    R = [[math.inf] * (m + 1) for _ in range(n + 1)]
-    R[0][0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            R[i][j] = cost[i - 1][j - 1] + min(R[i - 1][j - 1], R[i - 1][j], R[i][j - 1])
-    path, i, j = set(), n, m
-    while i > 0 and j > 0:
-        path.add((i - 1, j - 1))
-        d, u, left = R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]
-        if d <= u and d <= left:
-            i, j = i - 1, j - 1
-        elif u <= left:
-            i -= 1
-        else:
-            j -= 1
-    return path
-
-
-def _iou_cost(a, b):
-    inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
-    if union > 0:
-        return 1 - inter / union
-    return 0.0 if a[0] == b[0] else 1.0
-
-
-def _norm_entropy(row):
-    p = torch.softmax(row, -1)
-    return float(-(p * torch.log(p)).sum()) / math.log(row.numel())
-
-
 def _topk(row, k):
     return sorted(range(row.numel()), key=lambda v: -float(row[v]))[:k]
 
@@ -105,13 +72,13 @@ def _reference(batch, s_rows, t_rows, *, kt=3, ks=3, tau=1.0, weighted=True, max
         gold = batch.student.target_ids[b][batch.student.target_mask[b]].tolist()
         lps = torch.log_softmax(s_rows[b], -1)
         ce = ce - sum(lps[k, g] for k, g in enumerate(gold))
-        base = [[_iou_cost(a, c) for c in t_sp] for a in s_sp]
+        base = [[iou_cost(a, c) for c in t_sp] for a in s_sp]
         cost = base
         if weighted:
-            cs = [1 - _norm_entropy(s_rows[b][i].detach()) for i in range(len(s_sp))]
-            ct = [1 - _norm_entropy(t_rows[b][j]) for j in range(len(t_sp))]
+            cs = [1 - norm_entropy(s_rows[b][i].detach()) for i in range(len(s_sp))]
+            ct = [1 - norm_entropy(t_rows[b][j]) for j in range(len(t_sp))]
             cost = [[base[i][j] * (1 + 0.5 * (cs[i] + ct[j])) for j in range(len(t_sp))] for i in range(len(s_sp))]
-        path = _dtw_ref(cost)
+        path = dtw_path(cost)
         for i in range(len(s_sp)):
             js = sorted(j for (a, j) in path if a == i)
             j = min(js, key=lambda jj: (base[i][jj], jj))
@@ -144,7 +111,7 @@ def test_batched_dtw_matches_the_textbook_dp_on_ragged_random_costs():
     paths = dtw_paths(cost, torch.tensor([a for a, _ in lens]), torch.tensor([c for _, c in lens]))
     for b, (n, m) in enumerate(lens):
         got = {tuple(x) for x in paths[b].nonzero().tolist()}
-        want = _dtw_ref(cost[b, :n, :m].tolist()) if n and m else set()
+        want = dtw_path(cost[b, :n, :m].tolist()) if n and m else set()
         assert got == want, b
 
 

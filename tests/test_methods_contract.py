@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _cdm_ref import dtw_path, iou_cost, norm_entropy
 from _methods_batches import (  # noqa: F401 (single_thread is a fixture)
     D_S,
     D_T,
@@ -243,21 +244,12 @@ def _ref_cdm(method, s, t, batch):
     so, to = stub_outputs(s, batch.student), stub_outputs(t, batch.teacher)
     text_s, text_t = method.text_s.tolist(), method.text_t.tolist()
     v_s = so.logits.shape[-1]
-    inf = float("inf")
 
     def positions(side, b):
         return side.target_mask[b].nonzero().flatten().tolist()
 
     def conf(z):
-        logp = F.log_softmax(z.detach(), -1)
-        return 1 - float(-(logp.exp() * logp).sum()) / math.log(z.shape[-1])
-
-    def one_minus_iou(a, c):
-        inter = max(0, min(a[1], c[1]) - max(a[0], c[0]))
-        union = (a[1] - a[0]) + (c[1] - c[0]) - inter
-        if union > 0:
-            return 1 - inter / union
-        return 0.0 if a[0] == c[0] else 1.0  # two empty spans
+        return 1 - norm_entropy(z.detach())
 
     kd = 0.0
     for b in range(batch.batch_size):
@@ -267,26 +259,12 @@ def _ref_cdm(method, s, t, batch):
             continue
         sp = [tuple(int(v) for v in batch.student.target_spans[b, i]) for i in ps]
         tp = [tuple(int(v) for v in batch.teacher.target_spans[b, j]) for j in pt]
-        base = [[one_minus_iou(sp[i], tp[j]) for j in range(m)] for i in range(n)]
+        base = [[iou_cost(sp[i], tp[j]) for j in range(m)] for i in range(n)]
         cs = [conf(so.logits[b, i]) for i in ps]
         ct = [conf(to.logits[b, j]) for j in pt]
         cost = [[base[i][j] * ((1 + 0.5 * (cs[i] + ct[j])) if o.entropy_weighted else 1.0) for j in range(m)]
                 for i in range(n)]
-        R = [[inf] * (m + 1) for _ in range(n + 1)]
-        R[0][0] = 0.0
-        for i in range(1, n + 1):
-            for j in range(1, m + 1):
-                R[i][j] = cost[i - 1][j - 1] + min(R[i - 1][j - 1], R[i - 1][j], R[i][j - 1])
-        path, i, j = set(), n, m
-        while i > 0 and j > 0:
-            path.add((i - 1, j - 1))
-            diag, up, left = R[i - 1][j - 1], R[i - 1][j], R[i][j - 1]
-            if diag <= up and diag <= left:
-                i, j = i - 1, j - 1
-            elif up <= left:
-                i -= 1
-            else:
-                j -= 1
+        path = dtw_path(cost)
         for i in range(n):
             partners = sorted(j for (a, j) in path if a == i)
             if not partners:
