@@ -159,6 +159,22 @@ def side_from_ids(side, examples, *, pad_id=0, padding_side="right", extra_pad=0
     return side_batch(side, examples, pad_id=pad_id, padding_side=padding_side, extra_pad=extra_pad, spans=spans)
 
 
+def span_sides(spans, vs: int, vt: int, *, seed: int = 0, padding_side: str = "right", extra_pad: int = 0):
+    """Student and teacher sides with random prompt / response ids for ``spans`` (a list of
+    ``(student spans, teacher spans)`` per example); the teacher side gets one more padding column."""
+    def examples(seed_, side_spans, vocab, prompt_len):
+        g = torch.Generator().manual_seed(seed_)
+        return [(torch.randint(0, vocab, (prompt_len + b,), generator=g).tolist(),
+                 torch.randint(0, vocab, (len(sp),), generator=g).tolist()) for b, sp in enumerate(side_spans)]
+
+    s_spans, t_spans = [s for s, _ in spans], [t for _, t in spans]
+    s_side = side_from_ids("student", examples(seed, s_spans, vs, 2), padding_side=padding_side,
+                           extra_pad=extra_pad, spans=s_spans)
+    t_side = side_from_ids("teacher", examples(seed + 1, t_spans, vt, 1), padding_side=padding_side,
+                           extra_pad=extra_pad + 1, spans=t_spans)
+    return s_side, t_side, s_spans, t_spans
+
+
 def place_rows(side: SideBatch, rows, *, junk_seed=0, junk_scale=5.0):
     """``[B, L, V]`` logits holding ``rows[b][k]`` at example ``b``'s k-th response position.
 

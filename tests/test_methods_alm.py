@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from _methods_batches import collated_batch, pair, place_rows, side_from_ids, train_losses
+from _methods_batches import collated_batch, pair, place_rows, side_from_ids, span_sides, train_losses
 from dwakd.errors import ConfigError
 from dwakd.methods import build_method, validate_method_options
 from dwakd.methods.alm import span_chunks
@@ -37,18 +37,9 @@ EXPECTED = [
 ]
 
 
-def _examples(seed, spans, vocab, prompt_len):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, vocab, (prompt_len + b,), generator=g).tolist(),
-             torch.randint(0, vocab, (len(sp),), generator=g).tolist()) for b, sp in enumerate(spans)]
-
-
 def _setup(padding_side="right", extra_pad=0, seed=0, spans=SPANS, dtype=torch.float32):
-    s_spans, t_spans = [s for s, _ in spans], [t for _, t in spans]
-    s_side = side_from_ids("student", _examples(seed, s_spans, VS, 2), padding_side=padding_side,
-                           extra_pad=extra_pad, spans=s_spans)
-    t_side = side_from_ids("teacher", _examples(seed + 1, t_spans, VT, 1), padding_side=padding_side,
-                           extra_pad=extra_pad + 1, spans=t_spans)
+    s_side, t_side, s_spans, t_spans = span_sides(spans, VS, VT, seed=seed, padding_side=padding_side,
+                                                  extra_pad=extra_pad)
     g = torch.Generator().manual_seed(seed + 2)
     s_rows = [torch.randn((len(s), VS), generator=g, dtype=torch.float64) * 2 for s in s_spans]
     t_rows = [torch.randn((len(t), VT), generator=g, dtype=torch.float64) * 2 for t in t_spans]
