@@ -58,16 +58,16 @@ L += ["## How to reproduce / resume", "",
       "```", "",
       "The script is resumable: rerun it after any interruption. Stages: data split, `dwakd pretrain "
       "configs/study/pretrain.yaml`, the SFT budget sweep (`dwakd compare configs/study/budget.yaml`), "
-      "optional teacher fine-tuning (`TEACHER_SFT=1`: `dwakd train configs/study/teacher-sft.yaml`), then the "
-      "grid (`dwakd compare configs/study/compare.yaml ... train.lr=<budget> train.epochs=<budget>`). Refresh this page with "
+      "teacher fine-tuning (`dwakd train configs/study/teacher-sft.yaml`; `TEACHER_SFT=0` skips it), then the "
+      "grid (`dwakd compare configs/study/compare.yaml ... model.teacher=<study>/teacher-sft/final "
+      "train.lr=<budget> train.epochs=<budget>`). Refresh this page with "
       "`PYTHONPATH=src python configs/study/write_results.py /work/study-runs docs`.", ""]
 L += ["## Setup", "",
       ("- **Teacher:** SmolLM2-135M-Instruct, first fine-tuned (all weights, SFT on gold responses, chat template, "
        "lr 2e-5, 1 epoch, batch 8, bf16 autocast) on the same 620 training records "
-       + (f"(status: {tstatus.get('status')})" if tstatus else "") + "." if tstatus else
+       + f"(status: {tstatus.get('status')}); rows `teacher-sft` (after) and `teacher-base` (before)." if tstatus else
        "- **Teacher:** SmolLM2-135M-Instruct as released (an instruction-tuned model; its own ROUGE-L is the "
-       "`teacher` row). The paper fine-tunes its teachers on Dolly first; here that costs about 40 CPU minutes "
-       "(80 steps at ~30 s on 1 thread), so it is opt-in (`TEACHER_SFT=1`) and was not run."),
+       "`teacher` row), because `TEACHER_SFT=0` was set: the paper fine-tunes its teachers on Dolly first."),
       "- **Data:** `dolly-train-688.jsonl` split once: every 10th record is dev (68), the rest train (620). "
       "Gold responses as targets, as in the paper; student prompts in the plain Dolly template, teacher prompts "
       "in its chat template; at most 256 tokens per side, prompts cut to 128.",
