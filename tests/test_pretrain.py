@@ -94,3 +94,20 @@ def test_pretrain_config_errors_name_file_and_key(tmp_path):
         load_pretrain_config(p)
     msg = str(e.value)
     assert "bad.yaml" in msg and "student.hiden_size" in msg and "corpus[0]" in msg
+
+
+def test_teacher_only_source_options_do_not_move_other_corpora_keys(tmp_path):
+    """A cached pretrained student stays valid when sources gain options they do not use."""
+    import dataclasses
+
+    from dwakd.pretrain.run import pretrain_key
+
+    cfg = load_pretrain_config(write_pretrain(tmp_path, tmp_path / "home"))
+    docs = (["a document"], ["held out"])
+    key = pretrain_key(cfg, *docs)
+    other = dataclasses.replace(cfg, corpus=[dataclasses.replace(s, seed=9, max_new_tokens=7) for s in cfg.corpus])
+    assert pretrain_key(other, *docs) == key
+    teacher = dataclasses.replace(cfg.corpus[0], kind="teacher", name="t", limit=3)
+    a = dataclasses.replace(cfg, corpus=[teacher])
+    b = dataclasses.replace(cfg, corpus=[dataclasses.replace(teacher, seed=9)])
+    assert pretrain_key(a, *docs) != pretrain_key(b, *docs)

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MARKER = "pretrain.json"
 
 
+TEACHER_ONLY = ("max_new_tokens", "seed", "batch_size")
+
+
 def pretrain_key(cfg: PretrainConfig, train_docs: list[str], held_docs: list[str]) -> str:
     h = hashlib.sha256()
     spec = dataclass_to_dict(cfg)
@@ -42,6 +45,9 @@ def pretrain_key(cfg: PretrainConfig, train_docs: list[str], held_docs: list[str
     spec["student"].pop("cache_dir", None)
     for src in spec["corpus"]:
         src.pop("path", None)  # the content counts, not where it lives
+        if src.get("kind") != "teacher":  # options of the teacher kind only: keys of other corpora stay as they were
+            for name in TEACHER_ONLY:
+                src.pop(name, None)
     h.update(json.dumps(spec, sort_keys=True).encode())
     for tag, docs in ((b"T", train_docs), (b"H", held_docs)):
         for d in docs:
