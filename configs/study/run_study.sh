@@ -39,7 +39,7 @@ LR=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['lr'])" "$STUDY
 EP=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['epochs'])" "$STUDY/budget.json")
 
 # The teacher, as in the paper: SmolLM2-135M-Instruct fine-tuned first on the same training part
-# (about 80 steps at 17-40 s on 1 thread; resumable, a checkpoint every 20 steps). TEACHER_SFT=0
+# (78 steps, ~6-7 s each on 1 thread on 2026-12-03; resumable, a checkpoint every 20 steps). TEACHER_SFT=0
 # distils from the released model instead.
 TEACHER=()
 if [ "${TEACHER_SFT:-1}" = 1 ]; then
