@@ -165,3 +165,32 @@ def test_report_without_evaluation_lists_dev_losses(tmp_path, tiny_teacher_dir):
     res = json.loads((tmp_path / "grid" / "results.json").read_text())
     assert res["cells"][0]["done"] and isinstance(res["cells"][0]["dev_loss"], float)
     assert "sft" in (tmp_path / "grid" / "report.md").read_text()
+
+
+def test_a_cell_another_worker_holds_is_skipped_and_picked_up_later(tmp_path, tiny_teacher_dir, monkeypatch):
+    """Two `dwakd compare` processes may share a grid: a cell whose directory another live process has
+    locked is left to it (reported as busy), and a later run finishes whatever is left."""
+    from dwakd.compare import run_grid
+
+    monkeypatch.setenv("DWAKD_HOME", str(tmp_path / "home"))
+    pre = write_pretrain(tmp_path, tmp_path / "home")
+    cfg = write_grid(tmp_path, tiny_teacher_dir, methods=("sft",), seeds=(1, 2), with_refs=False, pretrain=pre)
+    cc = load_compare_config(cfg)
+    cell1 = cc.output_dir / "cells" / "sft-s1"
+    cell1.mkdir(parents=True)
+    holder = subprocess.Popen(  # "another worker": a live process holding sft-s1's lock
+        [sys.executable, "-c", "import sys, time; from dwakd.train.rundir import RunLock; "
+         "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(cell1)],
+        env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        summary = run_grid(cc, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert summary["busy"] == ["sft-s1"]
+    assert not (cell1 / "cell.json").exists()
+    assert json.loads((cc.output_dir / "cells" / "sft-s2" / "cell.json").read_text())["done"]
+    again = run_grid(load_compare_config(cfg), progress=False)  # the holder is gone: its lock is stale
+    assert again["busy"] == [] and json.loads((cell1 / "cell.json").read_text())["done"]
+    assert not json.loads((cc.output_dir / "results.json").read_text())["pending"]

@@ -40,5 +40,8 @@ def run(args) -> int:
         print(f"report: {write_report(cc)}")
         return 0
     summary = run_grid(cc)
-    print(f"grid finished: {summary['done']}/{summary['total']} items; report: {cc.output_dir / 'report.md'}")
+    busy = summary.get("busy") or []
+    print(f"grid finished: {summary['done']}/{summary['total']} items"
+          + (f" ({len(busy)} left to another process: {', '.join(busy)})" if busy else "")
+          + f"; report: {cc.output_dir / 'report.md'}")
     return 0

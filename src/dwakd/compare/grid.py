@@ -117,10 +117,19 @@ def cell_done(cc: CompareConfig, label: str, seed: int) -> bool:
 
 
 def run_cell(cc: CompareConfig, label: str, seed: int, student: Path | None) -> dict:
-    """Train (or continue) and evaluate one cell; returns its ``cell.json``."""
-    from dwakd.train import train
+    """Train (or continue) and evaluate one cell; returns its ``cell.json``. The cell directory is
+    locked meanwhile, so several ``dwakd compare`` processes can share one grid."""
+    from dwakd.train.rundir import RunLock
 
     d = cell_dir(cc, label, seed)
+    d.mkdir(parents=True, exist_ok=True)
+    with RunLock(d):  # one worker per cell (another `dwakd compare` on the same grid skips it: RunLockedError)
+        return _run_cell_locked(cc, label, seed, student, d)
+
+
+def _run_cell_locked(cc: CompareConfig, label: str, seed: int, student: Path | None, d: Path) -> dict:
+    from dwakd.train import train
+
     cfg = cell_config(cc, label, seed, student)
     h = config_hash(cfg)
     meta_path = d / "cell.json"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dwakd.compare.config import CompareConfig
 from dwakd.compare.grid import cell_config, cell_dir, cell_done, run_cell, run_reference
+from dwakd.errors import RunLockedError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def eta_seconds(cc: CompareConfig, pending: list[tuple[str, str, int | None]], r
 
 
 def run_grid(cc: CompareConfig, *, progress: bool = True, report: bool = True) -> dict:
-    """Run every unfinished grid item in order; returns ``{"done": n, "total": n, "seconds": s}``."""
+    """Run every unfinished grid item in order; returns ``{"done": n, "total": n, "seconds": s, "busy": [...]}``
+    (``busy``: cells another process was running, skipped here; rerun to pick up any it left)."""
     from dwakd.compare.report import write_report
 
     cc.output_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,7 @@ def run_grid(cc: CompareConfig, *, progress: bool = True, report: bool = True) -
     cache_ready = False
     t_start = time.time()
     n_done = 0
+    busy: list[str] = []
     for i, (kind, label, seed) in enumerate(items, 1):
         name = label if kind == "ref" else f"{label}-s{seed}"
         t0 = time.time()
@@ -92,7 +95,14 @@ def run_grid(cc: CompareConfig, *, progress: bool = True, report: bool = True) -
             if not skipped:
                 if cc.teacher_cache and not cache_ready:
                     cache_ready = _ensure_cache(cc, label, seed, student)
-                run_cell(cc, label, seed, student)
+                try:
+                    run_cell(cc, label, seed, student)
+                except RunLockedError as e:  # another worker on this grid runs it: leave it to that one
+                    busy.append(name)
+                    if progress:
+                        print(f"[grid {i}/{len(items)}] {name} is being run by another process ({e}); skipped",
+                              flush=True)
+                    continue
         n_done += 1
         pending = items[i:]
         eta = eta_seconds(cc, [p for p in pending if not _item_done(cc, p)], ref_seconds)
@@ -105,7 +115,7 @@ def run_grid(cc: CompareConfig, *, progress: bool = True, report: bool = True) -
             write_report(cc)
     if report:
         write_report(cc)
-    return {"done": n_done, "total": len(items), "seconds": time.time() - t_start}
+    return {"done": n_done, "total": len(items), "seconds": time.time() - t_start, "busy": busy}
 
 
 def _item_done(cc: CompareConfig, item) -> bool:
