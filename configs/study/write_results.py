@@ -65,7 +65,9 @@ L += ["## How to reproduce / resume", "",
 L += ["## Setup", "",
       ("- **Teacher:** SmolLM2-135M-Instruct, first fine-tuned (all weights, SFT on gold responses, chat template, "
        "lr 2e-5, 1 epoch, batch 8, bf16 autocast) on the same 620 training records "
-       + f"(status: {tstatus.get('status')}); rows `teacher-sft` (after) and `teacher-base` (before)." if tstatus else
+       + f"(status: {tstatus.get('status')}, {tstatus.get('global_step')} steps"
+       + (f", dev loss {tstatus['best_dev_loss']:.3f}" if isinstance(tstatus.get("best_dev_loss"), float) else "")
+       + "); rows `teacher-sft` (after) and `teacher-base` (before)." if tstatus else
        "- **Teacher:** SmolLM2-135M-Instruct as released (an instruction-tuned model; its own ROUGE-L is the "
        "`teacher` row), because `TEACHER_SFT=0` was set: the paper fine-tunes its teachers on Dolly first."),
       "- **Data:** `dolly-train-688.jsonl` split once: every 10th record is dev (68), the rest train (620). "
