@@ -118,7 +118,9 @@ if res:
 L += ["## Reading these numbers", "",
       "- One small student, one small teacher, a 620-record training set and a CPU budget: this tests whether the "
       "methods' differences show up in the pretrained-student regime at this scale, not the paper's numbers.",
-      "- Cells that are still pending are not imputed; intervals use only seeds that both methods finished.", ""]
+      "- Cells that are still pending are not imputed; intervals use only seeds that both methods finished.",
+      "- `dev loss` is each method's own training objective on the dev part (for KD methods it includes their KD "
+      "terms), so it compares seeds of one method, not methods; `bits/byte` is the likelihood that compares them.", ""]
 docs.mkdir(exist_ok=True)
 (docs / "RESULTS.md").write_text("\n".join(L), encoding="utf-8")
 print(f"wrote {docs / 'RESULTS.md'}")
