@@ -50,6 +50,25 @@ if res:
           "cells only; a method with fewer training seeds than planned is marked by its seed list.", ""]
 else:
     L += ["**Status: no grid cell has finished yet** (the stages before the grid are listed below).", ""]
+def _diff(key):
+    """``(text, interval contains 0)`` of a paired difference on avg ROUGE-L, or ``None``."""
+    d = (res or {}).get("differences", {}).get(key, {}).get("avg")
+    if not d or d.get("mean") is None:
+        return None
+    name = key.replace("dwakd", "DWA-KD").replace("dskd", "DSKD").replace("sft", "SFT")
+    hw = d.get("half_width")
+    if hw is None:
+        return f"{name} = {d['mean']:+.2f} (n={d.get('n')}, no interval)", True
+    lo, hi = d["mean"] - hw, d["mean"] + hw
+    return f"{name} = {d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d.get('n')})", lo <= 0 <= hi
+
+
+heads = [h for h in (_diff("dwakd - dskd"), _diff("dskd - sft"), _diff("dwakd - sft")) if h]
+if heads:
+    L += ["**Headline so far** (avg ROUGE-L over the three sets, paired by training seed, 95% t-interval): "
+          + "; ".join(t for t, _ in heads) + "."
+          + (" Every interval contains 0: no ordering of these methods can be claimed from these seeds."
+             if all(z for _, z in heads) else ""), ""]
 L += ["## How to reproduce / resume", "",
       "From the repository root (the study ran from a frozen checkout of commit "
       f"`{(study / 'FROZEN_COMMIT').read_text().strip() if (study / 'FROZEN_COMMIT').is_file() else '?'}` at "
