@@ -65,7 +65,9 @@ def assert_same_training(run_a: Path, run_b: Path, rel: float, keys=("loss", "te
     for a, b in zip(t1, t2):
         assert a["n_tokens"] == b["n_tokens"]
         for key in keys:
-            assert b[key] == pytest.approx(a[key], rel=rel, abs=0 if rel == 0 else 1e-12), (a["step"], key)
+            # abs: a term near zero (a KL of ~1e-5 is a difference of near-equal sums) carries float32
+            # noise of ~1e-10 absolute; 1e-9 is still far below any per-token loss it is part of
+            assert b[key] == pytest.approx(a[key], rel=rel, abs=0 if rel == 0 else 1e-9), (a["step"], key)
 
 
 def max_loss_diff(run_a: Path, run_b: Path) -> float:

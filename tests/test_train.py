@@ -177,8 +177,12 @@ def test_loss_is_normalised_over_the_whole_step(tmp_path, cfg_dict, tiny_student
         # gradient element within float32 summation noise of zero that ratio is ill-conditioned,
         # so the weights are compared to 1% of lr (1e-5); the loss must agree to 1e-6 (and with the
         # float64 recomputation below).
+        # An element whose gradient is at that noise level can move by up to 2 lr the other way, so at
+        # most 0.1% of the elements may differ by more than 1e-5, and none by more than 2 lr.
+        lr = float(d["train"]["lr"])
         for k in w1:
-            torch.testing.assert_close(w[k], w1[k], rtol=1e-5, atol=1e-5)
+            diff = (w[k] - w1[k]).abs()
+            assert (diff > 1e-5).float().mean() <= 1e-3 and float(diff.max()) <= 2 * lr + 1e-6, k
     # independent reference: each example alone through HF's own shifted-label loss, summed, / all tokens
     data = _encoded_examples(cfg)
     model = AutoModelForCausalLM.from_pretrained(student).double().eval()
