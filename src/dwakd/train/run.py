@@ -129,6 +129,9 @@ def _train_locked(cfg, accelerator, data, plan, total, run_dir, method_cls, resu
     if resume_path is not None:
         changes = check_config_change(cfg, resume_path, allow=allow_config_change)
         check_resume(resume_path, plan, total)
+    # every process has looked before the main one marks the run as running (a slower rank would
+    # otherwise find this very launch's status and refuse it)
+    accelerator.wait_for_everyone()
 
     rd = RunDir(run_dir, main=accelerator.is_main_process)
     rd.start(cfg, extra={"processes": accelerator.num_processes, "device": str(accelerator.device),
