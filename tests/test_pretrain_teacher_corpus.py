@@ -69,3 +69,27 @@ def test_teacher_source_needs_a_name_and_a_size(tmp_path, src, words):
         load_pretrain_config(p)
     for w in words:
         assert w in str(e.value)
+
+
+def test_a_corpus_another_process_writes_is_refused_not_corrupted(home, tiny_teacher_dir):
+    import subprocess
+    import sys
+
+    from dwakd.errors import RunLockedError
+    from dwakd.pretrain.teacher_corpus import corpus_key
+
+    root = home / "corpora" / corpus_key(str(tiny_teacher_dir), seed_prompts(4, 0), 6, 0)
+    root.mkdir(parents=True)
+    holder = subprocess.Popen(  # a live writer of this corpus
+        [sys.executable, "-c", "import sys, time; from dwakd.train.rundir import RunLock; "
+         "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError):
+            teacher_corpus(str(tiny_teacher_dir), 4, max_new_tokens=6, seed=0, batch_size=2, progress=False)
+        assert not (root / "docs.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(teacher_corpus(str(tiny_teacher_dir), 4, max_new_tokens=6, seed=0, batch_size=2, progress=False)) > 0

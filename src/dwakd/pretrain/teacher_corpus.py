@@ -15,7 +15,8 @@ Cache: ``$DWAKD_HOME/corpora/<key>/docs.jsonl`` (one ``{"i", "prompt", "text"}``
 prompt, appended and fsynced batch by batch; a torn last line is dropped on resume) and
 ``COMPLETE.json`` (count and SHA-256 of ``docs.jsonl``, written atomically last). ``key`` hashes the
 teacher (its alias checksum or its config and weights' file sizes), the prompts and the sampling
-settings, so another teacher or other settings never reuse a corpus.
+settings, so another teacher or other settings never reuse a corpus. One process writes a corpus at a
+time (a lock on its directory; a second one gets :class:`~dwakd.errors.RunLockedError`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import random
 from pathlib import Path
 
 from dwakd.errors import DataError
+from dwakd.train.rundir import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def teacher_corpus(spec: str, n: int, *, max_new_tokens: int = 192, seed: int = 
                    progress: bool = True) -> list[str]:
     """The teacher's answers to :func:`seed_prompts` ``(n, seed)`` (non-empty ones, in prompt order),
     generated once and cached (see the module docstring); resumes an interrupted run."""
-    from dwakd.fsio import sha256_file, write_text_atomic
+    from dwakd.fsio import sha256_file
     from dwakd.models.home import dwakd_home
 
     prompts = seed_prompts(n, seed)
@@ -119,6 +121,16 @@ def teacher_corpus(spec: str, n: int, *, max_new_tokens: int = 192, seed: int = 
         complete.unlink()
         docs_path.unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
+    with RunLock(root):  # one writer per corpus: a second one would append to a file being replaced
+        return _write_corpus(spec, prompts, root, max_new_tokens=max_new_tokens, seed=seed,
+                             batch_size=batch_size, progress=progress)
+
+
+def _write_corpus(spec, prompts, root: Path, *, max_new_tokens, seed, batch_size, progress) -> list[str]:
+    from dwakd.fsio import sha256_file, write_text_atomic
+
+    n = len(prompts)
+    docs_path, complete = root / "docs.jsonl", root / "COMPLETE.json"
     done = _read_done(docs_path)
     todo = [i for i in range(n) if i not in done]
     if done:
