@@ -48,7 +48,7 @@ def test_eval_cli_writes_results(tmp_path, capsys, tiny_student_dir, tiny_teache
         assert [s["rougeL"] for s in rows] == pytest.approx(each, abs=1e-9)  # per-example ROUGE-L
         assert [s["references"] for s in rows] == [[r] for r in refs]
         assert all(s["prompt"].startswith("Below is an instruction") and s["set"] == "tiny_dolly" for s in rows)
-        per_seed[seed] = 100 * np.mean(each)
+        per_seed[seed] = np.mean(each)  # each is already in percent
         assert entry["rougeL"]["per_seed"][str(seed)] == np.float64(per_seed[seed])
     assert entry["rougeL"]["mean"] == np.float64(np.mean(list(per_seed.values())))
     assert abs(entry["rougeL"]["std"] - abs(per_seed[1] - per_seed[2]) / 2) < 1e-9
