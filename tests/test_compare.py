@@ -165,6 +165,13 @@ def test_report_without_evaluation_lists_dev_losses(tmp_path, tiny_teacher_dir):
     res = json.loads((tmp_path / "grid" / "results.json").read_text())
     assert res["cells"][0]["done"] and isinstance(res["cells"][0]["dev_loss"], float)
     assert "sft" in (tmp_path / "grid" / "report.md").read_text()
+    # A finished cell trained under another config is not reused silently: the rerun with another lr
+    # stops before training, naming the cell; the same overrides as before still pass.
+    stamp = (tmp_path / "grid" / "cells" / "sft-s1" / "cell.json").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"sft-s1 \(hash [0-9a-f]{16}, now [0-9a-f]{16}\)"):
+        run_grid(load_compare_config(p, train_overrides=["train.lr=2e-3"]), progress=False)
+    assert (tmp_path / "grid" / "cells" / "sft-s1" / "cell.json").stat().st_mtime_ns == stamp
+    run_grid(load_compare_config(p), progress=False)
 
 
 def test_a_cell_another_worker_holds_is_skipped_and_picked_up_later(tmp_path, tiny_teacher_dir, monkeypatch):
@@ -185,10 +192,12 @@ def test_a_cell_another_worker_holds_is_skipped_and_picked_up_later(tmp_path, ti
     try:
         assert holder.stdout.readline().strip() == "locked"
         summary = run_grid(cc, progress=False)
+        cli = _compare(cfg, check=False)  # the command says so in its exit status: 75 (EX_TEMPFAIL)
     finally:
         holder.kill()
         holder.wait()
     assert summary["busy"] == ["sft-s1"]
+    assert cli.returncode == 75 and "left to another process: sft-s1" in cli.stdout
     assert not (cell1 / "cell.json").exists()
     assert json.loads((cc.output_dir / "cells" / "sft-s2" / "cell.json").read_text())["done"]
     again = run_grid(load_compare_config(cfg), progress=False)  # the holder is gone: its lock is stale

@@ -3,11 +3,16 @@
 Runs (or continues) the grid of a compare config; the overrides apply to the base training config
 of every cell (e.g. ``train.lr=1e-3 model.teacher=runs/teacher/final``). Rerun the same command to
 resume: finished cells are skipped and an interrupted cell continues from its last checkpoint.
+
+Exit status: 0 when every cell and reference is done; 75 (``EX_TEMPFAIL``) when some cells were left
+to other ``dwakd compare`` processes running on the same grid (rerun once they end, to pick up any
+they left); 2 for a config error.
 """
 
 from __future__ import annotations
 
 NAME = "compare"
+EXIT_BUSY = 75  # sysexits EX_TEMPFAIL: some cells are still being run by other processes
 HELP = "train and evaluate a grid of methods x training seeds; report means, paired differences and 95%% CIs"
 
 
@@ -44,4 +49,4 @@ def run(args) -> int:
     print(f"grid finished: {summary['done']}/{summary['total']} items"
           + (f" ({len(busy)} left to another process: {', '.join(busy)})" if busy else "")
           + f"; report: {cc.output_dir / 'report.md'}")
-    return 0
+    return EXIT_BUSY if busy else 0

@@ -116,6 +116,30 @@ def cell_done(cc: CompareConfig, label: str, seed: int) -> bool:
     return (d / "eval.json").is_file()
 
 
+def check_finished_cells(cc: CompareConfig, student: Path | None) -> None:
+    """Refuse a grid whose finished cells were trained under another config than the current one.
+
+    A finished cell is otherwise skipped, and the report would mix results of two configs. Raises one
+    :class:`~dwakd.errors.ConfigError` naming every such cell, before anything is trained."""
+    stale = []
+    for label, seed in cc.cells():
+        d = cell_dir(cc, label, seed)
+        if not cell_done(cc, label, seed):
+            continue
+        meta_path = d / "cell.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        h = config_hash(cell_config(cc, label, seed, student))
+        if meta.get("config_hash") != h:
+            stale.append(f"{label}-s{seed} (hash {meta.get('config_hash')}, now {h})")
+    if stale:
+        raise ConfigError(f"{len(stale)} finished cell(s) of {cc.output_dir} were trained with another config than "
+                          f"{cc.path} and its overrides now give: {', '.join(stale)}. Rerun with the overrides they "
+                          f"were trained with, remove those cell directories, or use another --output-dir")
+
+
 def run_cell(cc: CompareConfig, label: str, seed: int, student: Path | None) -> dict:
     """Train (or continue) and evaluate one cell; returns its ``cell.json``. The cell directory is
     locked meanwhile, so several ``dwakd compare`` processes can share one grid."""

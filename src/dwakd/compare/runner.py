@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from dwakd.compare.config import CompareConfig
-from dwakd.compare.grid import cell_config, cell_dir, cell_done, run_cell, run_reference
+from dwakd.compare.grid import cell_config, cell_dir, cell_done, check_finished_cells, run_cell, run_reference
 from dwakd.errors import RunLockedError
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def run_grid(cc: CompareConfig, *, progress: bool = True, report: bool = True) -
         print(("reused " if rep.get("reused") else "") + f"pretrained student {student}: {describe(rep)}", flush=True)
         (cc.output_dir / "pretrain.json").write_text(json.dumps({k: v for k, v in rep.items() if k != "curve"},
                                                                 indent=2, default=str))
+    check_finished_cells(cc, student)
     items = list(cc.grid)
     ref_seconds: list[float] = []
     cache_ready = False
