@@ -35,6 +35,10 @@ def test_compare_options_interleave_with_overrides():
     (["train", "c.yaml", "--processes=0"], ["--processes must be >= 1"]),
     (["compare", "g.yaml", "--output-dir"], ["--output-dir needs a value"]),
     (["compare", "g.yaml", "--dry-run"], ["unknown option '--dry-run'", "--report-only"]),
+    (["train", "c.yaml", "a=1", "--resume", "--dry-run"], ["--resume needs a value"]),
+    (["compare", "g.yaml", "a=1", "--output-dir="], ["--output-dir needs a non-empty value"]),
+    (["train", "c.yaml", "a=1", "--resume", ""], ["--resume needs a non-empty value"]),
+    (["compare", "g.yaml", "--output-dir=", "a=1"], ["--output-dir needs a non-empty value"]),
 ])
 def test_bad_options_are_named(argv, words):
     with pytest.raises(ConfigError) as e:
