@@ -93,3 +93,91 @@ def test_a_corpus_another_process_writes_is_refused_not_corrupted(home, tiny_tea
         holder.kill()
         holder.wait()
     assert len(teacher_corpus(str(tiny_teacher_dir), 4, max_new_tokens=6, seed=0, batch_size=2, progress=False)) > 0
+
+
+@pytest.mark.parametrize("src, words", [
+    ({"kind": "text", "path": "corpus.txt", "seed": 3}, ["corpus[0].seed", "does not apply to kind 'text'"]),
+    ({"kind": "teacher", "name": "t", "limit": 4, "path": "x.txt"}, ["corpus[0].path", "kind 'teacher'"]),
+    ({"kind": "wikitext", "path": "w.txt", "batch_size": 4}, ["corpus[0].batch_size", "kind 'wikitext'"]),
+])
+def test_options_of_another_corpus_kind_are_named(tmp_path, src, words):
+    cfg = {"student": {"family": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 300},
+           "corpus": [src], "train": {"block_size": 32}}
+    p = tmp_path / "pretrain.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as e:
+        load_pretrain_config(p)
+    for w in words:
+        assert w in str(e.value)
+    assert str(p) + ":" in str(e.value)  # the file and line
+
+
+def test_a_relative_teacher_directory_resolves_next_to_the_yaml(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    (conf / "teachers" / "mine").mkdir(parents=True)
+    p = conf / "pretrain.yaml"
+    p.write_text(yaml.safe_dump({"corpus": [{"kind": "teacher", "name": "teachers/mine", "limit": 4},
+                                            {"kind": "teacher", "name": "smollm2-135m-instruct", "limit": 4}]}))
+    monkeypatch.chdir(tmp_path)  # not the YAML's directory
+    cfg = load_pretrain_config(p)
+    assert cfg.corpus[0].name == str((conf / "teachers" / "mine").resolve())
+    assert cfg.corpus[1].name == "smollm2-135m-instruct"  # an alias stays an alias
+
+
+def test_a_local_teacher_is_identified_by_its_weights_not_their_sizes(tmp_path, tiny_teacher_dir):
+    """Two fine-tunes of one model have files of the same names and sizes: their corpora must differ."""
+    import shutil
+
+    from dwakd.pretrain.teacher_corpus import corpus_key
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_teacher_dir, other)
+    (w,) = [f for f in other.iterdir() if f.suffix == ".safetensors"]
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last weight
+    w.write_bytes(bytes(data))
+    prompts = seed_prompts(4, 0)
+    assert corpus_key(str(other), prompts, 6, 0) != corpus_key(str(tiny_teacher_dir), prompts, 6, 0)
+    shutil.copy2(tiny_teacher_dir / w.name, w)
+    assert corpus_key(str(other), prompts, 6, 0) == corpus_key(str(tiny_teacher_dir), prompts, 6, 0)
+
+
+def test_a_cached_student_is_reused_before_any_teacher_generates(home, tmp_path, tiny_teacher_dir, monkeypatch):
+    """The pretrain key counts a teacher corpus by its own key: with the corpus cache gone, and another
+    generation batch size, the cached student is found without loading the teacher."""
+    import shutil
+    from pathlib import Path
+
+    import dwakd.models
+    from dwakd.pretrain import ensure_pretrained
+
+    fixtures = Path(__file__).parent / "fixtures"
+    cfg = {"student": {"family": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+                       "max_positions": 128, "tokenizer_kind": "bpe", "vocab_size": 300, "seed": 0},
+           "corpus": [{"kind": "text", "path": str(fixtures / "corpus.txt")},
+                      {"kind": "teacher", "name": str(tiny_teacher_dir), "limit": 6, "max_new_tokens": 8,
+                       "batch_size": 3}],
+           "heldout_fraction": 0.2,
+           "train": {"block_size": 32, "batch_size": 4, "lr": 3e-3, "epochs": 1, "bf16": False}}
+    p = tmp_path / "pretrain.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out, rep = ensure_pretrained(load_pretrain_config(p), progress=False)
+    assert not rep.get("reused") and (home / "corpora").is_dir()
+    shutil.rmtree(home / "corpora")
+
+    def no_load(*a, **k):
+        raise AssertionError("the teacher was loaded although the student is cached")
+
+    monkeypatch.setattr(dwakd.models, "load_model", no_load)
+    again, rep2 = ensure_pretrained(load_pretrain_config(p), progress=False)
+    assert again == out and rep2["reused"]
+    cfg["corpus"][1]["batch_size"] = 2
+    p.write_text(yaml.safe_dump(cfg))
+    third, rep3 = ensure_pretrained(load_pretrain_config(p), progress=False)
+    assert third == out and rep3["reused"]
+    assert not (home / "corpora").exists()
+    # another corpus setting is another student: the teacher is needed again
+    cfg["corpus"][1]["max_new_tokens"] = 9
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(AssertionError, match="teacher was loaded"):
+        ensure_pretrained(load_pretrain_config(p), progress=False)

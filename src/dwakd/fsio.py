@@ -162,6 +162,23 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def update_with_model_files(h, root: Path) -> None:
+    """Feed a model directory's identity into hasher ``h``: ``config.json`` whole, and per weight file
+    (``*.safetensors`` / ``*.bin``, sorted) its name, size and first and last MiB. Weights trained
+    further differ in those bytes even when every size is the same; reading 2 MiB per file keeps this
+    cheap for multi-GB checkpoints."""
+    for f in sorted(Path(root).iterdir()):
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin") and f.is_file():
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+
+
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
 

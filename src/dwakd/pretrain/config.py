@@ -45,6 +45,17 @@ class CorpusSource:
     batch_size: int = 16
 
 
+# The keys each corpus kind reads (besides ``kind``); any other CorpusSource key on it is an error.
+KIND_KEYS = {
+    "text": ("path", "limit"),
+    "wikitext": ("path", "limit"),
+    "jsonl": ("path", "field", "limit"),
+    "datasets": ("name", "config", "split", "field", "limit"),
+    "teacher": ("name", "limit", "max_new_tokens", "seed", "batch_size"),
+}
+CORPUS_KEYS = {"path", "field", "name", "config", "split", "limit", "max_new_tokens", "seed", "batch_size"}
+
+
 @dataclass
 class PretrainTrainConfig:
     """Causal-LM training on fixed-length blocks of the concatenated documents (EOS between them)."""
@@ -94,10 +105,19 @@ def pretrain_config_from_dict(data: dict, *, marks: dict | None = None, origin: 
             problems.add("corpus", f"{key} must be a mapping, got {item!r}")
             continue
         src = build_dataclass(CorpusSource, item, key, problems)
+        allowed = KIND_KEYS.get(src.kind)
+        if allowed is not None:
+            for k in item:
+                if k != "kind" and k not in allowed and k in CORPUS_KEYS:
+                    problems.add("corpus", f"{key}.{k}: '{k}' does not apply to kind '{src.kind}' "
+                                               f"(its keys: kind, {', '.join(allowed)})")
         if src.kind in ("datasets", "teacher") and not src.name:
             problems.add("corpus", f"{key}: kind '{src.kind}' needs name"
                          + (" (the teacher model, e.g. smollm2-135m-instruct)" if src.kind == "teacher" else ""))
         if src.kind == "teacher":
+            if (isinstance(src.name, str) and base_dir is not None and not Path(src.name).is_absolute()
+                    and not Path(src.name).exists() and (base_dir / src.name).is_dir()):
+                src.name = str((base_dir / src.name).resolve())  # a teacher directory next to the YAML
             for name in ("limit", "max_new_tokens", "batch_size"):
                 v = getattr(src, name)
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:

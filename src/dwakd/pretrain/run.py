@@ -1,7 +1,8 @@
 """Pretrain a built student as a causal LM; the result is a plain Hugging Face model directory.
 
 ``ensure_pretrained(cfg)`` returns ``$DWAKD_HOME/pretrained/<key>`` (or ``cfg.output_dir``), where
-``key`` hashes the config (minus ``output_dir``) and every document of the corpus: a second call with
+``key`` hashes the config (minus ``output_dir``) and every document of the corpus (a teacher-written
+corpus by its own key, so a cached student is reused before any teacher loads): a second call with
 the same config and data reuses it. The directory holds the model, the student's own tokenizer
 (trained on the training documents) and ``pretrain.json`` (corpus sizes, steps, seconds, the loss
 curve, and bits per byte on the held-out documents before and after). It is written atomically:
@@ -29,7 +30,7 @@ from dwakd.config.typed import dataclass_to_dict
 from dwakd.models import StudentSpec, build_student
 from dwakd.models.home import atomic_directory, dwakd_home
 from dwakd.pretrain.config import PretrainConfig
-from dwakd.pretrain.corpus import load_corpus
+from dwakd.pretrain.corpus import is_heldout, load_corpus, read_source
 
 log = logging.getLogger(__name__)
 MARKER = "pretrain.json"
@@ -39,15 +40,27 @@ TEACHER_ONLY = ("max_new_tokens", "seed", "batch_size")
 
 
 def pretrain_key(cfg: PretrainConfig, train_docs: list[str], held_docs: list[str]) -> str:
+    """Key of a pretrained student: the config (minus where things live) and the documents.
+
+    ``train_docs`` / ``held_docs`` are the split documents of the sources read from files or
+    ``datasets``. A ``teacher`` source counts by its corpus key (teacher identity, prompts, sampling;
+    :func:`~dwakd.pretrain.teacher_corpus.corpus_key`) rather than by its text, so a cached student is
+    found before any teacher generates; its generation ``batch_size`` does not count (documents do
+    not depend on it)."""
+    from dwakd.pretrain.teacher_corpus import corpus_key, seed_prompts
+
     h = hashlib.sha256()
     spec = dataclass_to_dict(cfg)
     spec.pop("output_dir", None)
     spec["student"].pop("cache_dir", None)
-    for src in spec["corpus"]:
+    for src, obj in zip(spec["corpus"], cfg.corpus):
         src.pop("path", None)  # the content counts, not where it lives
         if src.get("kind") != "teacher":  # options of the teacher kind only: keys of other corpora stay as they were
             for name in TEACHER_ONLY:
                 src.pop(name, None)
+        else:
+            src.pop("batch_size", None)
+            src["corpus_key"] = corpus_key(obj.name, seed_prompts(obj.limit, obj.seed), obj.max_new_tokens, obj.seed)
     h.update(json.dumps(spec, sort_keys=True).encode())
     for tag, docs in ((b"T", train_docs), (b"H", held_docs)):
         for d in docs:
@@ -165,14 +178,18 @@ def pretrained_dir(cfg: PretrainConfig, key: str) -> Path:
 
 def ensure_pretrained(cfg: PretrainConfig, *, progress: bool = True, force: bool = False) -> tuple[Path, dict]:
     """``(directory, report)`` of the pretrained student, pretraining it once if needed."""
-    train_docs, held_docs = load_corpus(cfg.corpus, cfg.heldout_fraction)
-    key = pretrain_key(cfg, train_docs, held_docs)
+    fixed = [s for s in cfg.corpus if s.kind != "teacher"]
+    docs = [d for s in fixed for d in read_source(s)]  # files and datasets: cheap, and their text is the key
+    key = pretrain_key(cfg, [d for d in docs if not is_heldout(d, cfg.heldout_fraction)],
+                       [d for d in docs if is_heldout(d, cfg.heldout_fraction)])
     out = pretrained_dir(cfg, key)
     if (out / MARKER).is_file() and not force:
         report = json.loads((out / MARKER).read_text())
         if report.get("key") == key:
             report["reused"] = True
             return out, report
+    # Not cached: now read every source, letting teacher sources generate (or reuse) their corpus.
+    train_docs, held_docs = load_corpus(cfg.corpus, cfg.heldout_fraction)
     torch.manual_seed(cfg.train.seed)
     t_start = time.time()
     held = _cap_bytes(held_docs, cfg.max_heldout_bytes)

@@ -14,7 +14,8 @@ documents an uninterrupted one would have.
 Cache: ``$DWAKD_HOME/corpora/<key>/docs.jsonl`` (one ``{"i", "prompt", "text"}`` line per answered
 prompt, appended and fsynced batch by batch; a torn last line is dropped on resume) and
 ``COMPLETE.json`` (count and SHA-256 of ``docs.jsonl``, written atomically last). ``key`` hashes the
-teacher (its alias checksum or its config and weights' file sizes), the prompts and the sampling
+teacher (its alias checksum, or its config, tokenizer files and weights: name, size, first and last
+MiB of each), the prompts and the sampling
 settings, so another teacher or other settings never reuse a corpus. One process writes a corpus at a
 time (a lock on its directory; a second one gets :class:`~dwakd.errors.RunLockedError`).
 """
@@ -72,7 +73,15 @@ def _teacher_identity(spec: str) -> dict:
         marker = path / "dwakd_alias.json"
         if marker.is_file():
             return {"alias_sha256": json.loads(marker.read_text(encoding="utf-8")).get("sha256")}
-        return {"files": sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())}
+        from dwakd.fsio import update_with_model_files
+
+        h = hashlib.sha256()
+        update_with_model_files(h, path)  # config and weights (sizes alone cannot tell two fine-tunes apart)
+        for f in sorted(path.iterdir()):  # tokenizer, chat template, generation config: small, hashed whole
+            if f.is_file() and f.suffix not in (".safetensors", ".bin", ".gguf", ".pt") and f.name != "config.json" \
+                    and f.stat().st_size < (16 << 20):
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return {"model_files": h.hexdigest()}
     return {"hub": spec}
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from dwakd.errors import DwakdError
-from dwakd.fsio import atomic_directory, sha256_file
+from dwakd.fsio import atomic_directory, sha256_file, update_with_model_files
 from dwakd.models.home import dwakd_home
 from dwakd.models.outputs import ModelOutputs, plain_head
 
@@ -64,16 +64,7 @@ def teacher_fingerprint(model_dir: str | Path, tokenizer) -> str:
     h = hashlib.sha256()
     root = Path(model_dir)
     if root.is_dir():
-        for f in sorted(root.iterdir()):
-            if f.name == "config.json":
-                h.update(f.read_bytes())
-            elif f.suffix in (".safetensors", ".bin") and f.is_file():
-                size = f.stat().st_size
-                h.update(f"{f.name}:{size}".encode())
-                with open(f, "rb") as fh:
-                    h.update(fh.read(1 << 20))
-                    fh.seek(max(0, size - (1 << 20)))
-                    h.update(fh.read(1 << 20))
+        update_with_model_files(h, root)
     else:  # a hub name: its revision is what the hub resolves; the name and tokenizer must do
         h.update(str(model_dir).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
