@@ -206,7 +206,7 @@ def _ref_alm(method, s, t, batch):
     assert (o.divergence, o.chunk_weight, o.hidden_rate) == ("binary_ce", "chunk", 0.0)
     so, to = stub_outputs(s, batch.student), stub_outputs(t, batch.teacher)
     temp, eps = float(o.binarization_temp), 1e-6
-    alm = 0.0
+    alm, counted = 0.0, 0
     for b in range(batch.batch_size):
         sides = []
         for side, out in ((batch.student, so), (batch.teacher, to)):
@@ -233,6 +233,9 @@ def _ref_alm(method, s, t, batch):
             lt = min(chunk_lp[1][k], 0.0) / temp - eps
             yt = torch.exp(torch.as_tensor(lt))
             alm = alm - (yt * ls + (1 - yt) * torch.log(1 - torch.exp(torch.as_tensor(ls))))
+            counted += 1
+    # guard: a batch without a common chunk would compare 0 with 0 and test nothing
+    assert counted > 0 and float(alm) > 0, "the ALM reference batch counts no chunk"
     return {"ce": _ref_ce(so, batch), "alm": alm}
 
 
