@@ -68,7 +68,8 @@ def test_load_minimal_fills_defaults(tmp_path, data_file):
 
 
 def test_round_trip(tmp_path, data_file):
-    cfg = load_config(write(tmp_path, minimal(data_file)), ["model.lora.r=16", "method.gamma=1.0", "train.trackers=[]"])
+    cfg = load_config(write(tmp_path, minimal(data_file)), ["model.build=null", "model.student=gpt2", "model.lora.r=16",
+                                                            "method.gamma=1.0", "train.trackers=[]"])
     text = dump_config(cfg)
     again = load_config(write(tmp_path, text, "resolved.yaml"))
     assert again == cfg
@@ -79,7 +80,8 @@ def test_round_trip(tmp_path, data_file):
 def test_overrides(tmp_path, data_file):
     path = write(tmp_path, minimal(data_file))
     cfg = load_config(path, ["train.lr=1e-3", "method.gamma=1.0", "method.options.band=false",
-                             "model.lora.r=16", "output_dir=runs/x", "data.dev_fraction=0"])
+                             "model.build=null", "model.student=gpt2", "model.lora.r=16", "output_dir=runs/x",
+                             "data.dev_fraction=0"])
     assert cfg.train.lr == 1e-3
     assert cfg.method.options == {"gamma": 1.0, "band": False}
     assert cfg.model.lora is not None and cfg.model.lora.r == 16 and cfg.model.lora.alpha == 8.0  # defaults: paper's
@@ -90,6 +92,9 @@ def test_overrides(tmp_path, data_file):
     assert where(cfg, "method.gamma") == "override 'method.gamma=1.0'"
     # disabling a section again
     assert load_config(path, ["model.lora.r=16", "model.lora=null"]).model.lora is None
+    # LoRA on a built (random-init) student is refused: adapters on random weights, and a cache path as base
+    with pytest.raises(ConfigError, match="'model.lora' needs a pretrained 'model.student'"):
+        load_config(path, ["model.lora.r=16"])
 
 
 def test_parse_override_values():

@@ -72,6 +72,12 @@ def _check_model(cfg: DwakdConfig, problems: Problems, check_files: bool) -> Non
             problems.add("model.lora.dropout", f"model.lora.dropout must be in [0, 1), got {m.lora.dropout}")
         if importlib.util.find_spec("peft") is None:
             problems.add("model.lora", "LoRA needs the 'peft' package: pip install peft")
+        if m.build is not None:
+            # A built student is random-init and lives in $DWAKD_HOME: low-rank adapters on random weights
+            # learn little, and the adapter would name a cache path as its base model.
+            problems.add("model.lora", "'model.lora' needs a pretrained 'model.student'; a 'model.build' student is "
+                                       "random-init, so train all its weights (model.lora: null), or pretrain it first "
+                                       "(dwakd pretrain) and give that directory as model.student")
 
 
 def _check_data(cfg: DwakdConfig, problems: Problems, check_files: bool) -> None:
