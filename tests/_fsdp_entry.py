@@ -89,6 +89,7 @@ def _record_placement() -> None:
                 "full_numel": sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params),
                 "devices": sorted({str(p.device) for p in params}),
                 "requires_grad": sum(p.requires_grad for p in params),
+                "ds_persistent": sum(bool(getattr(p, "ds_persist", False)) for p in params),
             }
         path = Path(f"{out}.{accelerator.process_index}.json")
         path.write_text(json.dumps(rec))
@@ -98,9 +99,27 @@ def _record_placement() -> None:
     run_mod.build_engine = build
 
 
+def _zero_options() -> None:
+    """``DWAKD_TEST_ZERO_OPTIONS`` (JSON): extra ``zero_optimization`` entries for the DeepSpeed config,
+    e.g. ``{"stage3_param_persistence_threshold": 0}`` so that no tiny parameter stays whole."""
+    extra = os.environ.get("DWAKD_TEST_ZERO_OPTIONS")
+    if not extra:
+        return
+    from dwakd.train import engine
+
+    real = engine.configure_deepspeed
+
+    def configure(accelerator, cfg):
+        real(accelerator, cfg)
+        accelerator.state.deepspeed_plugin.deepspeed_config.setdefault("zero_optimization", {}).update(json.loads(extra))
+
+    engine.configure_deepspeed = configure
+
+
 if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
     _fsdp_on_cpu()
 if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and os.environ.get("DS_ACCELERATOR") == "cpu":
     _deepspeed_on_cpu()
 _record_placement()
+_zero_options()
 sys.exit(main(sys.argv[1:]))

@@ -37,7 +37,8 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 GPU = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 
 
-def launch_deepspeed(cfg: dict, tmp_path: Path, name: str, stage: int, *args: str, placement: Path | None = None):
+def launch_deepspeed(cfg: dict, tmp_path: Path, name: str, stage: int, *args: str, placement: Path | None = None,
+                     zero_options: dict | None = None):
     cfg_path = tmp_path / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -45,6 +46,8 @@ def launch_deepspeed(cfg: dict, tmp_path: Path, name: str, stage: int, *args: st
         env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
     if placement is not None:
         env["DWAKD_TEST_PLACEMENT"] = str(placement)
+    if zero_options:
+        env["DWAKD_TEST_ZERO_OPTIONS"] = json.dumps(zero_options)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed", "--zero_stage", str(stage),
            "--zero3_init_flag", "false", str(HERE / "_fsdp_entry.py"), "train", str(cfg_path), *args]
@@ -105,32 +108,47 @@ def test_zero_matches_one_process_and_skips_the_same_non_finite_step(
 
 @pytest.mark.multiprocess
 @needs_deepspeed
-def test_zero3_trains_a_logits_method_like_one_process(tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
-    """ULD (gold CE + teacher logits; declares supports_zero3) under ZeRO-3: the partitioned student's
-    head is not read outside its module call (its logits are materialised), and 2 processes give the
-    1-process run's losses, gradient norms and final weights."""
+@pytest.mark.parametrize("method, persist", [("uld", True), ("dskd", False), ("dwakd", True)])
+def test_zero3_trains_like_one_process(method, persist, tmp_path, tiny_teacher_dir, tiny_student_dir, tiny_dolly_path):
+    """Methods that declare supports_zero3 under ZeRO-3, 2 processes against 1: the same losses, terms,
+    gradient norms and final weights. ULD reads only the logits of the student's forward (materialised
+    when the head is a partition); DSKD and DWA-KD also read the student's head weight, gathered for
+    the read (student_head_weight_detached), and train their projectors, partitioned with the student.
+    ``persist=False`` sets DeepSpeed's persistence threshold to 0, so even the tiny student's head is a
+    partition between module calls and the read has to gather it (with the default, tiny parameters
+    stay whole and the read takes them as they are)."""
     from dwakd.methods.registry import method_class
 
-    assert method_class("uld").supports_zero3 and method_class("sft").supports_zero3
+    assert method_class(method).supports_zero3 and method_class("sft").supports_zero3
     student = no_dropout_copy(tiny_student_dir, tmp_path / "student_nd")
     common = dict(batch_size=2, max_steps=2, eval_every=2, save_every=2, max_grad_norm=1.0)
     one = base_config(tmp_path / "one", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=4, **common)
     two = base_config(tmp_path / "two", tiny_teacher_dir, student, tiny_dolly_path, grad_accum=2, **common)
     for cfg in (one, two):
-        cfg["method"] = {"name": "uld"}
+        cfg["method"] = {"name": method}
     train(config_from_dict(one))
-    launch_deepspeed(two, tmp_path, "two", 3, placement=tmp_path / "placement")
+    launch_deepspeed(two, tmp_path, "two", 3, placement=tmp_path / "placement",
+                     zero_options=None if persist else {"stage3_param_persistence_threshold": 0})
     run1, run2 = tmp_path / "one" / "run", tmp_path / "two" / "run"
     t1, t2 = read_metrics(run1 / "metrics.jsonl", "train"), read_metrics(run2 / "metrics.jsonl", "train")
     assert [r["step"] for r in t1] == [r["step"] for r in t2] == [1, 2]
+    keys = ["loss", "grad_norm"] + sorted(k for k in t1[0] if k.startswith("term/"))
+    assert len(keys) > 3, keys
     for a, b in zip(t1, t2):
-        for key in ("loss", "term/ce", "term/uld", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), (a["step"], key)
     recs = [json.loads((tmp_path / f"placement.{r}.json").read_text()) for r in (0, 1)]
     assert all(rec["module"]["local_numel"] < rec["module"]["full_numel"] for rec in recs)  # partitioned
+    assert all((rec["module"]["ds_persistent"] > 0) == persist for rec in recs)
+    # Weights: AdamW's early updates are lr * g / (|g| + eps), about +-lr whatever |g|, so an entry whose
+    # gradient is float noise can move the other way with another reduction order (seen in one of
+    # three runs of these cases). At most 0.5% of the entries may differ by more than 1e-5, none by more than the
+    # two steps' 2 x 2 lr; a wrong reduction would move most entries.
     w1, w2 = state_of(run1 / "final"), state_of(run2 / "final")
+    lr = float(two["train"]["lr"])
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+        diff = (w2[k] - w1[k]).abs()
+        assert (diff > 1e-5).float().mean() <= 5e-3 and float(diff.max()) <= 4 * lr + 1e-6, k
 
 
 def _fake_deepspeed_accelerator(ds_config: dict, processes: int = 4):
@@ -160,8 +178,8 @@ def test_deepspeed_config_is_fitted_to_the_run(tmp_path, tiny_teacher_dir, tiny_
     assert acc.gradient_accumulation_steps == 5
 
 
-@pytest.mark.parametrize("method", ["dskd", "dwakd"])
-def test_zero3_is_refused_for_methods_that_read_student_weights(method, tmp_path, tiny_teacher_dir, tiny_student_dir,
+@pytest.mark.parametrize("method", ["mined", "alm"])
+def test_zero3_is_refused_for_methods_that_do_not_declare_it(method, tmp_path, tiny_teacher_dir, tiny_student_dir,
                                                                  tiny_dolly_path):
     from dwakd.errors import ConfigError
     from dwakd.methods.registry import method_class

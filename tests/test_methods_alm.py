@@ -275,3 +275,209 @@ def _run(student, teacher, batch):
 
     with torch.no_grad():
         return run_model(student, batch.student), run_model(teacher, batch.teacher)
+
+
+# ----------------------------------------------------------------------------- debiasing (tokenkit's alm_mode)
+# The reference below is written from tokenkit's compute_alm_loss (tokenkit/training/losses.py) as a
+# plain per-example loop: chunk log-likelihoods from brute-force common boundaries; a chunk's space
+# log-probability per side = log of the softmax mass on the space mask in the row after the chunk's
+# last target (only when that row is a response position on both sides); merging walks the counted
+# chunks in order and closes a merged chunk at a chunk without space term or whose teacher space
+# probability exceeds the threshold (summing log-likelihoods and teacher token counts, keeping the last
+# member's space terms); append_space adds the space terms.
+def _tf(kind, lt, ls, temp):
+    if kind == "abs":
+        return (lt - ls).abs()
+    a, b = lt / temp - 1e-6, ls / temp - 1e-6
+    yt = a.exp()
+    return -(yt * b + (1 - yt) * torch.log(-torch.expm1(b)))  # binary_ce
+
+
+def _ref_debiased(batch, s_logits, t_logits, masks, *, append=True, merge=True, thr=0.1, kind="binary_ce",
+                  temp=100.0, weight="chunk"):
+    total, n_chunks = torch.zeros((), dtype=torch.float64), 0
+    for b in range(batch.batch_size):
+        sides = []
+        for side, logits, mask in ((batch.student, s_logits, masks[0]), (batch.teacher, t_logits, masks[1])):
+            toks = []  # (position, span, gold log-prob)
+            for p in side.target_mask[b].nonzero().flatten().tolist():
+                start, end = (int(v) for v in side.target_spans[b, p])
+                if start >= 0:
+                    toks.append((p, (start, end), torch.log_softmax(logits[b, p].double(), -1)[side.target_ids[b, p]]))
+
+            def space(p, b=b, side=side, logits=logits, mask=mask):
+                nxt = p + 1
+                if nxt >= side.target_mask.shape[1] or not bool(side.target_mask[b, nxt]):
+                    return None
+                row = logits[b, nxt].double()
+                m = torch.zeros(row.shape[0], dtype=torch.bool)
+                m[:mask.numel()] = mask[:row.shape[0]]
+                return torch.clamp(torch.logsumexp(row[m], 0) - torch.logsumexp(row, 0), max=0.0)
+            sides.append((toks, space))
+        s_ids, t_ids = _ref_chunks([sp for _, sp, _ in sides[0][0]], [sp for _, sp, _ in sides[1][0]])
+        chunks = []
+        for c in sorted(set(s_ids) & set(t_ids)):
+            s_in = [t for t, i in zip(sides[0][0], s_ids) if i == c]
+            t_in = [t for t, i in zip(sides[1][0], t_ids) if i == c]
+            ls = torch.clamp(sum(lp for _, _, lp in s_in), max=0.0)
+            lt = torch.clamp(sum(lp for _, _, lp in t_in), max=0.0)
+            ss, ts = sides[0][1](max(p for p, _, _ in s_in)), sides[1][1](max(p for p, _, _ in t_in))
+            chunks.append((ls, lt, len(t_in), None if ss is None or ts is None else (ss, ts)))
+        if merge:
+            merged, cur = [], None
+            for ls, lt, nt, sp in chunks:
+                cur = (ls, lt, nt, sp) if cur is None else (cur[0] + ls, cur[1] + lt, cur[2] + nt, sp)
+                if sp is None or math.exp(float(sp[1])) > thr:
+                    merged.append(cur)
+                    cur = None
+            chunks = merged + ([cur] if cur is not None else [])
+        for ls, lt, nt, sp in chunks:
+            if append and sp is not None:
+                ls, lt = ls + sp[0], lt + sp[1]
+            total = total + _tf(kind, lt, ls, temp) * (1 if weight == "chunk" else nt)
+            n_chunks += 1
+    return total, n_chunks
+
+
+# hand-picked masks: the teacher's space probabilities fall on both sides of 0.1 on the SPANS batch
+MASKS = (torch.tensor([i in (0, 4) for i in range(VS)]), torch.tensor([i == 3 for i in range(VT)]))
+
+
+def _debiased(**opts):
+    m = _method(**opts)
+    m.set_space_masks(*MASKS)
+    return m
+
+
+@pytest.mark.parametrize("append,merge", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("kind,weight", [("binary_ce", "chunk"), ("abs", "teacher_tokens")])
+def test_debiased_terms_and_gradients_match_the_tokenkit_loop(append, merge, kind, weight):
+    batch, (sl, sh), (tl, th), *_ = _setup(dtype=torch.float64)
+    method = _debiased(append_space=append, merge_by_space_prob=merge, divergence=kind, chunk_weight=weight)
+    terms = method(_outs(sl, sh), _outs(tl, th), batch)
+    ref_sl = sl.detach().clone().requires_grad_(True)
+    ref, n_chunks = _ref_debiased(batch, ref_sl, tl, MASKS, append=append, merge=merge, kind=kind, weight=weight)
+    assert terms.terms["alm"].item() == pytest.approx(float(ref.detach()), rel=1e-6)
+    assert terms.stats["alm_chunks"] == n_chunks
+    if merge:  # the batch exercises merging: some chunks merge, not all of an example's do
+        assert 3 < n_chunks < 9
+    terms.terms["alm"].backward()
+    ref.backward()
+    torch.testing.assert_close(sl.grad, ref_sl.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_debiasing_changes_the_term_and_tokenkit_preset_is_both_modes():
+    batch, (sl, sh), (tl, th), *_ = _setup(dtype=torch.float64)
+    plain = _method()(_outs(sl, sh), _outs(tl, th), batch)
+    tk = _debiased(preset="tokenkit", divergence="abs")(_outs(sl, sh), _outs(tl, th), batch)
+    ref, _ = _ref_debiased(batch, sl, tl, MASKS, kind="abs")
+    assert tk.terms["alm"].item() == pytest.approx(float(ref.detach()), rel=1e-6)
+    ref_plain, _ = _ref_debiased(batch, sl, tl, MASKS, append=False, merge=False)
+    assert plain.terms["alm"].item() == pytest.approx(float(ref_plain.detach()), rel=1e-6)
+    assert tk.stats["alm_spaced_chunks"] > 0 and "alm_spaced_chunks" not in plain.stats
+
+
+def test_merge_threshold_extremes_by_hand():
+    batch, (sl, sh), (tl, th), s_rows, t_rows, *_ = _setup(dtype=torch.float64)
+    # threshold 0: every chunk with a following row closes (all space probabilities are > 0) -> no merge
+    a = _debiased(append_space=True, merge_by_space_prob=True, space_prob_threshold=0.0)(_outs(sl, sh), _outs(tl, th), batch)
+    b = _debiased(append_space=True)(_outs(sl, sh), _outs(tl, th), batch)
+    assert a.terms["alm"].item() == pytest.approx(b.terms["alm"].item(), rel=1e-9)
+    # threshold 1: nothing closes before the EOS chunk (no following row): one chunk per example whose
+    # log-likelihood is that of all tokens in counted chunks (EXPECTED, written by hand: example 2's
+    # teacher-only whitespace token is left out), with no space term
+    c = _debiased(merge_by_space_prob=True, space_prob_threshold=1.0, divergence="abs")(
+        _outs(sl, sh), _outs(tl, th), batch)
+    assert c.stats["alm_chunks"] == len(SPANS)
+    want = 0.0
+    for bi, (s_ids, t_ids) in enumerate(EXPECTED):
+        s_gold = batch.student.target_ids[bi][batch.student.target_mask[bi]].tolist()
+        t_gold = batch.teacher.target_ids[bi][batch.teacher.target_mask[bi]].tolist()
+        both = set(s_ids) & set(t_ids)
+        want += abs(sum(_log_softmax(t_rows[bi][k], g) for k, g in enumerate(t_gold) if t_ids[k] in both)
+                    - sum(_log_softmax(s_rows[bi][k], g) for k, g in enumerate(s_gold) if s_ids[k] in both))
+    assert c.terms["alm"].item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("padding_side,extra_pad", [("left", 0), ("right", 3), ("left", 2)])
+def test_debiased_padding_invariance(padding_side, extra_pad):
+    ref_batch, (sl, sh), (tl, th), *_ = _setup()
+    ref = _debiased(preset="tokenkit")(_outs(sl, sh), _outs(tl, th), ref_batch)
+    batch, (sl2, sh2), (tl2, th2), *_ = _setup(padding_side=padding_side, extra_pad=extra_pad)
+    got = _debiased(preset="tokenkit")(_outs(sl2, sh2), _outs(tl2, th2), batch)
+    for name in ("ce", "alm"):
+        assert got.terms[name].item() == pytest.approx(ref.terms[name].item(), rel=1e-6)
+
+
+def test_debiased_hidden_rows_plus_head_equal_materialised_logits():
+    batch, *_ = _setup(dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    grads, values = [], []
+    for lazy in (False, True):
+        hs = torch.randn(*batch.student.target_mask.shape, DS, generator=g.manual_seed(5), dtype=torch.float64)
+        ht = torch.randn(*batch.teacher.target_mask.shape, DT, generator=g.manual_seed(6), dtype=torch.float64)
+        ws = torch.randn(VS, DS, generator=g.manual_seed(7), dtype=torch.float64).requires_grad_(True)
+        wt = torch.randn(VT, DT, generator=g.manual_seed(8), dtype=torch.float64)
+        hs.requires_grad_(True)
+        if lazy:
+            so = ModelOutputs(logits=None, hidden=hs, input_embeds=hs, target_embeds=hs, head_weight=ws)
+            to = ModelOutputs(logits=None, hidden=ht, input_embeds=ht, target_embeds=ht, head_weight=wt)
+        else:
+            so, to = _outs(hs @ ws.t(), hs), _outs(ht @ wt.t(), ht)
+        terms = _debiased(preset="tokenkit")(so, to, batch)
+        terms.terms["alm"].backward()
+        values.append(terms.terms["alm"].item())
+        grads.append((hs.grad, ws.grad))
+    assert values[1] == pytest.approx(values[0], rel=1e-9)
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
+def test_debiasing_options_presets_and_missing_masks():
+    plain = validate_method_options("alm", {})
+    assert (plain.preset, plain.append_space, plain.merge_by_space_prob) == ("plain", False, False)
+    tk = validate_method_options("alm", {"preset": "tokenkit"})
+    assert (tk.append_space, tk.merge_by_space_prob, tk.space_prob_threshold) == (True, True, 0.1)
+    assert validate_method_options("alm", {"preset": "tokenkit", "merge_by_space_prob": False}).merge_by_space_prob is False
+    with pytest.raises(ConfigError, match="space_prob_threshold"):
+        validate_method_options("alm", {"space_prob_threshold": 1.5})
+    with pytest.raises(ConfigError, match="preset"):
+        validate_method_options("alm", {"preset": "paper"})
+    batch, (sl, sh), (tl, th), *_ = _setup()
+    with pytest.raises(ConfigError, match="tokenizers"):
+        _method(append_space=True)(_outs(sl, sh), _outs(tl, th), batch)
+    with pytest.raises(ConfigError, match="no whitespace-initial"):
+        _method(append_space=True).set_space_masks(torch.zeros(VS, dtype=torch.bool), MASKS[1])
+
+
+def _ref_space_mask(tok):
+    """Independent of the token spellings: decode each id after an anchor token and look at the first
+    character that the id adds; special ids count too (tokenkit's space+tab+newline+special)."""
+    special = set(tok.all_special_ids)
+    anchor = next(i for i in range(len(tok)) if i not in special and tok.decode([i]).isalnum())
+    prefix = tok.decode([anchor], clean_up_tokenization_spaces=False)
+    out = []
+    for i in range(len(tok)):
+        text = tok.decode([anchor, i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        assert text.startswith(prefix)
+        out.append(i in special or text[len(prefix):][:1] in (" ", "\n", "\t"))
+    return torch.tensor(out)
+
+
+def test_space_masks_of_the_tiny_pair_and_the_debiased_term_on_a_real_batch(tiny_teacher, tiny_student, tiny_dolly_path):
+    from dwakd.methods._alm_space import space_initial_mask
+
+    teacher, t_tok = tiny_teacher
+    student, s_tok = tiny_student
+    masks = (_ref_space_mask(s_tok), _ref_space_mask(t_tok))  # unigram/Metaspace student, byte-level teacher
+    assert torch.equal(space_initial_mask(s_tok), masks[0]) and torch.equal(space_initial_mask(t_tok), masks[1])
+    assert 10 < int(masks[0].sum()) < len(s_tok) and 10 < int(masks[1].sum()) < len(t_tok)
+    student = copy.deepcopy(student).eval()
+    batch = collated_batch(s_tok, t_tok, tiny_dolly_path, 3)
+    method = build_method("alm", student, teacher, preset="tokenkit", divergence="abs")
+    method.attach_tokenizers(s_tok, t_tok)
+    s_out, t_out = _run(student, teacher, batch)
+    terms = method(s_out, t_out, batch)
+    ref, n_chunks = _ref_debiased(batch, s_out.logits, t_out.logits, masks, kind="abs")
+    assert terms.terms["alm"].item() == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert terms.stats["alm_chunks"] == n_chunks and terms.stats["alm_spaced_chunks"] > 10

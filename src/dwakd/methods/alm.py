@@ -47,21 +47,55 @@ Normalisation [I]: tokenkit divides the chunk sum by the mean number of chunks; 
 term by the number of student response tokens of the optimizer step (METHOD.md section 5), so the
 ``alm`` term here is a per-student-token rate (chunks per token is about 1 for similar tokenizers).
 
-Left out (documented, not implemented): tokenkit's debiasing ``append_space`` (adds the probability
-that the next token starts with whitespace to each chunk, needs whitespace-initial token masks) and
-``merge_by_space_prob`` chunk merging; ``distill_chunk_sizes`` (deprecated upstream, always 1).
+Debiasing (tokenkit's ``alm_mode``; ``tokenkit/training/losses.py`` ``compute_alm_loss``). A chunk's
+likelihood alone favours the side whose tokens end exactly there: "the cat" is also the start of
+"the cats". tokenkit multiplies it by the probability that the text ends there, i.e. that the NEXT
+token starts with whitespace or is special (a word boundary both tokenizations share):
+
+- space probability of a chunk, per side: the softmax mass that side's model puts, right after the
+  chunk's last token, on its whitespace-initial ids (token text begins with a space, newline or tab)
+  and special ids (EOS ...): tokenkit's ``space_mask_mode = "space+tab+newline+special"``
+  (``tokenkit/utils.py`` ``get_space_mask``; dwakd reads each tokenizer's own spelling, see
+  :func:`dwakd.methods._alm_space.space_initial_mask`). In dwakd's target convention that is the
+  logits row at ``last + 1``, computed for those rows only, chunk by chunk. Log clipped at 0.
+- ``append_space``: each side adds its chunk's log space probability to the chunk log-likelihood
+  (the student's with gradient: its whole softmax row at ``last + 1``).
+- ``merge_by_space_prob``: consecutive counted chunks merge into one, closing at a chunk whose
+  *teacher* space probability exceeds ``space_prob_threshold`` (tokenkit's
+  ``tokenizer_pair_bias_threshold``); a merged chunk sums its members' log-likelihoods and token
+  counts and takes the space probability of its last member.
+- [I] A chunk whose next position is not a response position on both sides (the EOS chunk, the
+  end of a truncated response) has no space term and closes a merged chunk; tokenkit reads the row
+  after the last token whatever it holds (the prediction after EOS). Uncounted chunks take no part
+  in merging. The hidden term keeps the unmerged chunks (tokenkit's latents loss has its own).
+
+Which is tokenkit's default: ``scripts/cross_tokenizer_distill.py`` ``CrossTokenizerDistillArgs``
+declares ``alm_mode = "merge_by_space_prob+append_space"`` and ``tokenizer_pair_bias_threshold =
+0.1`` (its README / ``docs/tokenizer_transfer.md`` recommend this with ``losses=[sft,alm_unconstrained]``,
+the chunks dwakd builds): ``preset: tokenkit``. dwakd's default (``preset: plain``) keeps plain
+chunk likelihoods (no tokenizer needed), as before.
+
+Left out (documented, not implemented): the ``alm_unbiased`` chunk kind of tokenkit's YAML configs
+and the paper (``tokenkit/align.py`` ``get_unbiased_alignments``: a chunk closes only where
+precomputed tokenizer-pair bias matrices ``bias1_matrix.npz`` / ``bias2_matrix.npz`` from
+``scripts/compute_tokenizer_info.py`` are below the threshold; needs those corpus statistics);
+``alm_mode`` ``eos_as_space`` (the EOS probability instead of the space mass); tokenkit's logit mask
+dropping padded vocabulary entries from the softmax (dwakd normalises over the full logits width,
+as its gold log-probabilities do); ``distill_chunk_sizes`` (deprecated upstream, always 1).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from dwakd.config.typed import option
 from dwakd.errors import ConfigError
+from dwakd.methods._alm_space import ChunkSums, debias_chunks, space_initial_mask
 from dwakd.methods.base import DistillMethod, LossTerms, MethodOptions
 from dwakd.methods.rows import gold_cross_entropy
 
@@ -69,6 +103,7 @@ ALM_DIVERGENCES = ("binary_ce", "binary_kl", "reverse_binary_kl", "abs_exp", "ab
 CHUNK_WEIGHTS = ("chunk", "teacher_tokens")
 HIDDEN_NORMS = ("l2_channelwise", "l2")
 EPS = 1e-6
+TOKENKIT_DEFAULT = {"append_space": True, "merge_by_space_prob": True}  # alm_mode of CrossTokenizerDistillArgs
 
 
 # ----------------------------------------------------------------------------- chunks from spans
@@ -137,6 +172,10 @@ def chunk_divergence(kind: str, log_pt: torch.Tensor, log_ps: torch.Tensor, temp
 class ALMOptions(MethodOptions):
     """Options of :class:`ALM`.
 
+    Presets: ``plain`` (default) matches plain chunk likelihoods; ``tokenkit`` is tokenkit's default
+    ``alm_mode = "merge_by_space_prob+append_space"`` (``scripts/cross_tokenizer_distill.py``), which
+    needs the tokenizers (:meth:`ALM.attach_tokenizers`, called by the trainer).
+
     - ``kd_rate`` (0.5): objective ``(1 - kd_rate) ce + kd_rate (alm_weight alm + hidden_rate hidden)``
       (the DSKD code base convention the paper's baselines ran in; tokenkit trains ALM alone).
     - ``alm_weight`` (1.0): weight of the chunk-likelihood term.
@@ -145,8 +184,16 @@ class ALMOptions(MethodOptions):
     - ``chunk_weight`` (``chunk``): ``chunk`` (every chunk counts once) or ``teacher_tokens``.
     - ``hidden_rate`` (0.0): weight of the hidden-state term; > 0 creates a ``d_s -> d_t`` projector.
     - ``hidden_norm`` (``l2_channelwise``): per-channel (or ``l2``: one scalar) teacher mean square.
+    - ``append_space`` (False; ``tokenkit``: True): add each side's log space probability to every chunk.
+    - ``merge_by_space_prob`` (False; ``tokenkit``: True): merge chunks until the teacher's space
+      probability exceeds ``space_prob_threshold`` (0.1, tokenkit's ``tokenizer_pair_bias_threshold``).
     """
 
+    PRESETS = {"plain": {}, "tokenkit": TOKENKIT_DEFAULT}
+
+    preset: Literal["plain", "tokenkit"] = option(
+        "plain", "plain: chunk likelihoods without debiasing. tokenkit: tokenkit's default alm_mode "
+        "merge_by_space_prob+append_space (reads the tokenizers). Explicit options override the preset.")
     kd_rate: float = option(0.5, "Objective (1 - kd_rate) ce + kd_rate (alm_weight alm + hidden_rate hidden).")
     alm_weight: float = option(1.0, "Weight of the chunk-likelihood term.")
     divergence: str = option("binary_ce", "binary_ce (tokenkit default), binary_kl, reverse_binary_kl, abs_exp or abs.")
@@ -154,6 +201,15 @@ class ALMOptions(MethodOptions):
     chunk_weight: str = option("chunk", "chunk (every chunk counts once) or teacher_tokens.")
     hidden_rate: float = option(0.0, "Weight of the hidden-state term; > 0 creates a d_s -> d_t projector.")
     hidden_norm: str = option("l2_channelwise", "Teacher mean square per channel (l2_channelwise) or one scalar (l2).")
+    append_space: bool = option(
+        False, "Debiasing: add each side's log-probability that the next token starts with a space, newline or tab "
+        "(or is special) to every chunk log-likelihood (tokenkit's append_space).")
+    merge_by_space_prob: bool = option(
+        False, "Merge consecutive chunks until one whose teacher space probability exceeds space_prob_threshold "
+        "(tokenkit's merge_by_space_prob).")
+    space_prob_threshold: float = option(
+        0.1, "Teacher space probability that closes a merged chunk (tokenkit's tokenizer_pair_bias_threshold).",
+        ge=0, le=1)
 
     def validate(self, where: str = "method") -> None:
         for name in ("kd_rate", "alm_weight", "hidden_rate"):
@@ -196,6 +252,25 @@ class ALM(DistillMethod):
             if d_s is None or d_t is None:
                 raise ConfigError("method (alm).hidden_rate > 0 needs models with a known hidden size")
             self.latent_proj = nn.Linear(d_s, d_t)
+        # plain attributes, not buffers (no DDP broadcast, no checkpoint entry)
+        self.space_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def debiased(self) -> bool:
+        return bool(self.options.append_space or self.options.merge_by_space_prob)
+
+    def attach_tokenizers(self, student_tokenizer, teacher_tokenizer) -> None:
+        """Trainer hook: with debiasing on, the whitespace-initial/special id masks of both vocabularies."""
+        if self.debiased:
+            self.set_space_masks(space_initial_mask(student_tokenizer), space_initial_mask(teacher_tokenizer))
+
+    def set_space_masks(self, student_mask, teacher_mask) -> None:
+        """Use these ``[V]`` bool masks (True = whitespace-initial or special id) for the space probabilities."""
+        masks = tuple(torch.as_tensor(m, dtype=torch.bool).reshape(-1).cpu() for m in (student_mask, teacher_mask))
+        for side, m in zip(("student", "teacher"), masks):
+            if not bool(m.any()):
+                raise ConfigError(f"method (alm): the {side} vocabulary has no whitespace-initial or special id")
+        self.space_masks = masks
 
     def forward(self, student_out, teacher_out, batch) -> LossTerms:
         opts: ALMOptions = self.options
@@ -218,22 +293,32 @@ class ALM(DistillMethod):
         n_s = torch.zeros(bsz * k, dtype=torch.long, device=zeros.device).scatter_add(0, s_key, torch.ones_like(s_key))
         n_t = torch.zeros_like(n_s).scatter_add(0, t_key, torch.ones_like(t_key))
         counted = (n_s > 0) & (n_t > 0)
-        weight = counted.float() if opts.chunk_weight == "chunk" else (n_t * counted).float()
-        div = chunk_divergence(opts.divergence, log_pt, log_ps, float(opts.binarization_temp))
-        alm = (torch.where(counted, div, 0.0) * weight).sum()
+        sums, stats = ChunkSums(log_ps, log_pt, n_s, n_t, counted), {}
+        if self.debiased:
+            if self.space_masks is None:
+                raise ConfigError("method (alm) with append_space / merge_by_space_prob needs the tokenizers "
+                                  "(attach_tokenizers or set_space_masks) before the first step")
+            sums, spaced = debias_chunks(sums, k, (s_key, spos, t_key, tpos), student_out, teacher_out, batch,
+                                         self.space_masks, append_space=opts.append_space,
+                                         merge=opts.merge_by_space_prob, threshold=float(opts.space_prob_threshold))
+            stats["alm_spaced_chunks"] = float(spaced.sum())
+        c = sums.counted
+        weight = c.float() if opts.chunk_weight == "chunk" else (sums.n_t * c).float()
+        div = chunk_divergence(opts.divergence, sums.log_pt, sums.log_ps, float(opts.binarization_temp))
+        alm = (torch.where(c, div, 0.0) * weight).sum()
 
         terms = {"ce": s_ce.sum(), "alm": alm}
         rates = {"ce": 1.0 - opts.kd_rate, "alm": opts.kd_rate * opts.alm_weight}
-        if self.latent_proj is not None:
+        if self.latent_proj is not None:  # on the unmerged chunks
             terms["hidden"] = self._hidden_term(student_out, teacher_out, s_key, spos, t_key, tpos, counted, bsz, k)
             rates["hidden"] = opts.kd_rate * opts.hidden_rate
-        n_counted = counted.sum()
+        n_counted = c.sum()
         return LossTerms(
             terms=terms,
             n_tokens=s_side.target_mask.sum(),
             rates=rates,
             stats={"alm_chunks": float(n_counted),
-                   "alm_tokens_per_chunk": float(n_s[counted].sum() / n_counted.clamp(min=1))},
+                   "alm_tokens_per_chunk": float(sums.n_s[c].sum() / n_counted.clamp(min=1)), **stats},
         )
 
     def _hidden_term(self, student_out, teacher_out, s_key, spos, t_key, tpos, counted, bsz, k):

@@ -124,8 +124,9 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
-    #: capability flag: the method reads no student weight outside the student's own forward, so it
-    #: may run under DeepSpeed ZeRO-3 (where the weights exist whole only inside module calls)
+    #: capability flag: the method reads no student weight outside the student's own module calls
+    #: (or reads it through :meth:`student_head_weight_detached`), so it may run under DeepSpeed
+    #: ZeRO-3, where the weights exist whole only inside module calls
     supports_zero3: ClassVar[bool] = False
     Options: ClassVar[type[MethodOptions]] = MethodOptions
 
@@ -146,6 +147,22 @@ class DistillMethod(nn.Module):
     def student_head_weight(self) -> torch.Tensor:
         """``[V_s, d_s]`` student LM-head weight (callers detach where METHOD.md says so)."""
         return self._student_ref.get_output_embeddings().weight
+
+    def student_head_weight_detached(self) -> torch.Tensor:
+        """The whole ``[V_s, d_s]`` student LM-head weight, detached, for reads outside the student's
+        module calls. Under DeepSpeed ZeRO-3 the parameter is a partition between module calls: it is
+        gathered (``deepspeed.zero.GatheredParameters``, read-only) and copied, so the copy outlives
+        the gather; elsewhere this is ``student_head_weight().detach()`` (no copy)."""
+        w = self.student_head_weight()
+        if hasattr(w, "ds_id"):
+            import deepspeed
+            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+            if w.ds_status == ZeroParamStatus.AVAILABLE:  # whole already (persistent, or still held by a module)
+                return w.detach().clone()
+            with deepspeed.zero.GatheredParameters([w], modifier_rank=None):
+                return w.detach().clone()
+        return w.detach()
 
     def teacher_head_weight(self) -> torch.Tensor:
         """``[V_t, d_t]`` frozen teacher LM-head weight."""

@@ -108,6 +108,9 @@ class DualSpaceMethod(DistillMethod):
     """
 
     use_eta: bool = False
+    #: the student's head weight is read (detached) only through student_head_weight_detached, its
+    #: embeddings and logits only through module calls; the projectors are the method's own modules
+    supports_zero3 = True
 
     def __init__(self, student, teacher, options):
         super().__init__(student, teacher, options)
@@ -174,7 +177,7 @@ class DualSpaceMethod(DistillMethod):
                        align: Alignment) -> SpaceRows:
         """Run the two fused vocabulary passes (student space over V_s, teacher space over V_t)."""
         o = self.options
-        w_s = self.student_head_weight().detach()
+        w_s = self.student_head_weight_detached()  # gathered under ZeRO-3 (the head is partitioned there)
         w_t = self.teacher_head_weight().detach()
         gold_s = batch.student.target_ids.reshape(-1).index_select(0, s_comp.flat)
         stu = fused_rows(

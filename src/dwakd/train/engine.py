@@ -58,7 +58,7 @@ def check_backend(accelerator, cfg: DwakdConfig | None = None, method_cls=None) 
     """Refuse the distributed back-ends this loop does not drive correctly (before anything is written);
     fit DeepSpeed's config to the run (:func:`configure_deepspeed`). ZeRO-3 partitions the student
     between module calls, so it is refused for methods that do not declare ``supports_zero3 = True``
-    (``sft`` and ``uld`` do; the DSKD family reads the student's head weight directly; FSDP shards such students)."""
+    (``sft``, ``uld`` and the DSKD family do; FSDP shards the students of the others)."""
     from accelerate.utils import DistributedType
 
     from dwakd.errors import ConfigError
