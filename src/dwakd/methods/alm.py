@@ -48,9 +48,9 @@ term by the number of student response tokens of the optimizer step (METHOD.md s
 ``alm`` term here is a per-student-token rate (chunks per token is about 1 for similar tokenizers).
 
 Debiasing (tokenkit's ``alm_mode``; ``tokenkit/training/losses.py`` ``compute_alm_loss``). A chunk's
-likelihood alone favours the side whose tokens end exactly there: "the cat" is also the start of
-"the cats". tokenkit multiplies it by the probability that the text ends there, i.e. that the NEXT
-token starts with whitespace or is special (a word boundary both tokenizations share):
+likelihood alone is biased by where each tokenizer may end a token ("the cat" is also the start of
+"the cats"). tokenkit multiplies it by the probability that a word ends there, i.e. that the NEXT
+token starts with whitespace or is special (a boundary both tokenizations share):
 
 - space probability of a chunk, per side: the softmax mass that side's model puts, right after the
   chunk's last token, on its whitespace-initial ids (token text begins with a space, newline or tab)
@@ -71,12 +71,12 @@ token starts with whitespace or is special (a word boundary both tokenizations s
 
 Which is tokenkit's default: ``scripts/cross_tokenizer_distill.py`` ``CrossTokenizerDistillArgs``
 declares ``alm_mode = "merge_by_space_prob+append_space"`` and ``tokenizer_pair_bias_threshold =
-0.1`` (its README / ``docs/tokenizer_transfer.md`` recommend this with ``losses=[sft,alm_unconstrained]``,
-the chunks dwakd builds): ``preset: tokenkit``. dwakd's default (``preset: plain``) keeps plain
-chunk likelihoods (no tokenizer needed), as before.
+0.1`` (its ``docs/tokenizer_transfer.md`` and ``examples/*.sh`` use exactly this, with
+``losses=[sft,alm_unconstrained]``, the chunks dwakd builds): ``preset: tokenkit``. dwakd's default
+(``preset: plain``) keeps plain chunk likelihoods (no tokenizer needed), as before.
 
 Left out (documented, not implemented): the ``alm_unbiased`` chunk kind of tokenkit's YAML configs
-and the paper (``tokenkit/align.py`` ``get_unbiased_alignments``: a chunk closes only where
+(the paper's setting, per ``docs/tokenizer_transfer.md``; ``tokenkit/align.py`` ``get_unbiased_alignments``: a chunk closes only where
 precomputed tokenizer-pair bias matrices ``bias1_matrix.npz`` / ``bias2_matrix.npz`` from
 ``scripts/compute_tokenizer_info.py`` are below the threshold; needs those corpus statistics);
 ``alm_mode`` ``eos_as_space`` (the EOS probability instead of the space mass); tokenkit's logit mask
