@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["bench_soft_dtw", "bench_divergence_memory", "bench_methods_step", "bench_teacher_cache", "bench_data"]
+ORDER = ["bench_soft_dtw", "bench_divergence_memory", "bench_methods_step", "bench_teacher_cache", "bench_data", "bench_uld"]
 
 
 def collect() -> None:

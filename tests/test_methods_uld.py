@@ -165,3 +165,29 @@ def test_all_masked_batch_gives_zero_terms_with_a_graph():
     assert all(v.item() == 0.0 for v in terms.terms.values()) and int(terms.n_tokens) == 0
     terms.total().backward()
     assert torch.all(s_logits.grad == 0)
+
+
+@pytest.mark.parametrize("v_s, v_t", [(37, 11), (11, 37), (13, 13)])
+def test_sorted_l1_orders_only_the_top_entries_yet_equals_the_full_sort(v_s, v_t):
+    """sorted_l1 orders only the min(V_s, V_t) largest entries (topk) and takes each tail as a mass;
+    value and student gradient equal the definition with full sorts and zero padding, in float64,
+    whichever side is wider (the wider student's gradient flows through topk and its tail)."""
+    from dwakd.methods.uld import sorted_l1
+
+    g = torch.Generator().manual_seed(v_s * 100 + v_t)
+    zs = (torch.randn(6, v_s, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    zt = torch.randn(6, v_t, generator=g, dtype=torch.float64) * 3
+    got = sorted_l1(zs.float(), zt.float())
+    ref_in = zs.detach().clone().requires_grad_(True)
+    width = max(v_s, v_t)
+    ps = torch.sort(torch.softmax(ref_in, -1), -1, descending=True).values
+    pt = torch.sort(torch.softmax(zt, -1), -1, descending=True).values
+    ps = torch.nn.functional.pad(ps, (0, width - v_s))
+    pt = torch.nn.functional.pad(pt, (0, width - v_t))
+    ref = (ps - pt).abs().sum(-1)
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    w = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    (got.double() * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(zs.grad, ref_in.grad, rtol=1e-4, atol=1e-6)
+    assert float(ref_in.grad.abs().max()) > 1e-3  # the comparison is not of zeros
