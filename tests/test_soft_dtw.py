@@ -13,6 +13,8 @@ from dwakd.align import pairwise_cost, soft_dtw, soft_dtw_divergence
 
 # ``import dwakd.align.soft_dtw as m`` would give the function the package re-exports.
 sdtw_mod = importlib.import_module("dwakd.align.soft_dtw")
+# The torch DP (weight blocks, their size) lives in a private module: patch it there.
+sdtw_torch = importlib.import_module("dwakd.align._sdtw_torch")
 
 F64 = torch.float64
 
@@ -30,7 +32,7 @@ def backend(request, monkeypatch):
 def test_backend_switch_routes_the_backward(backend, monkeypatch):
     """The switch decides which weight function the backward calls (and nothing else does)."""
     calls = {"torch": 0, "numpy": 0}
-    real_t, real_n = sdtw_mod._weight_block, sdtw_mod._weight_block_numpy
+    real_t, real_n = sdtw_torch._weight_block, sdtw_torch._weight_block_numpy
 
     def count_t(*a, **k):
         calls["torch"] += 1
@@ -40,8 +42,8 @@ def test_backend_switch_routes_the_backward(backend, monkeypatch):
         calls["numpy"] += 1
         return real_n(*a, **k)
 
-    monkeypatch.setattr(sdtw_mod, "_weight_block", count_t)
-    monkeypatch.setattr(sdtw_mod, "_weight_block_numpy", count_n)
+    monkeypatch.setattr(sdtw_torch, "_weight_block", count_t)
+    monkeypatch.setattr(sdtw_torch, "_weight_block_numpy", count_n)
     C = torch.rand(2, 5, 6, dtype=F64, requires_grad=True)
     soft_dtw(C, 0.3).sum().backward()
     if backend == "torch-gpu":
@@ -114,7 +116,7 @@ def test_no_masks_and_dtype():
 
 def test_mid_size_against_diagonal_autograd(monkeypatch):
     """Several weight blocks, the row wrap, re-centring (N + M > 16) and ragged lengths."""
-    monkeypatch.setattr(sdtw_mod, "_WEIGHT_BLOCK_ELEMS", 200)
+    monkeypatch.setattr(sdtw_torch, "_WEIGHT_BLOCK_ELEMS", 200)
     gen = torch.Generator().manual_seed(2)
     B, N, M = 3, 23, 31
     C = torch.rand(B, N, M, generator=gen, dtype=F64)

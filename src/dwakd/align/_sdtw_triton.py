@@ -47,7 +47,7 @@ def _sdtw_fwd_kernel(X, Y, SH, NL, ML, G1, G2, K, RENORM: tl.constexpr, BLOCK: t
         r1 = (k - 1) % G2
         r2 = (k - 2) % G2
         if (k >= 4) & ((k - 2) % RENORM == 0):
-            # Re-centre the two live diagonals on the maximum of k - 1 (see soft_dtw._forward_torch).
+            # Re-centre the two live diagonals on the maximum of k - 1 (see _sdtw_torch._forward_torch).
             a0 = tl.maximum(k - 1 - m, 1)
             a1 = tl.minimum(k - 2, n)
             best = tl.full([BLOCK], float("-inf"), X.dtype.element_ty)
@@ -143,7 +143,7 @@ def _sdtw_bwd_kernel(X, Y, R, G, SH, NL, ML, GO, G1, G2, N, M, K, BLOCK: tl.cons
 def forward(X: torch.Tensor, Y: torch.Tensor, n_len: torch.Tensor, m_len: torch.Tensor, offsets: torch.Tensor) -> None:
     """Run the forward DP in place (see the module docstring for the buffers); ``offsets``
     (float64 ``[B, K]``) receives the cumulative re-centring of each anti-diagonal."""
-    from dwakd.align.soft_dtw import _RENORM_EVERY
+    from dwakd.align._sdtw_torch import _RENORM_EVERY
 
     B, G2, G1 = X.shape
     K = offsets.shape[1]

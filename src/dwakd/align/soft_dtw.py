@@ -48,28 +48,42 @@ Backend switch: the environment variable ``DWAKD_SDTW_BACKEND`` (read at every c
 path whatever the device: ``auto`` (default: Triton for CUDA tensors when it imports, else torch),
 ``torch`` (the torch forward; the backward's sequential part in numpy on CPU, in torch on other
 devices), ``torch-gpu`` (the torch path exactly as a GPU without triton runs it: the backward's
-weights from :func:`_weight_block` and its loop in torch ops, also on CPU tensors, which is how
-``make test`` exercises that path) and ``triton`` (the Triton kernels; on CPU tensors only under
-``TRITON_INTERPRET=1``).
+weights from :func:`dwakd.align._sdtw_torch._weight_block` and its loop in torch ops, also on CPU
+tensors, which is how ``make test`` exercises that path) and ``triton`` (the Triton kernels; on CPU
+tensors only under ``TRITON_INTERPRET=1``).
+
+Code layout: this module (public API, backend switch, autograd function); ``_sdtw_grid`` (argument
+checks, mask handling, the wrapped-skew layout); ``_sdtw_torch`` (the torch DPs); ``_sdtw_triton``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable
 
-import numpy as np
 import torch
+
+from dwakd.align._sdtw_grid import (
+    _check_gamma,
+    _check_mask,
+    _check_seq,
+    _fill_wrapped_borders,
+    _grid_to_wrapped,
+    _index_grid,
+    _lengths_and_order,
+    _make_grid,
+    _new_wrapped,
+    _pad_mask,
+    _pad_to,
+)
+
+# _RENORM_EVERY is re-exported: callers read it as ``dwakd.align.soft_dtw._RENORM_EVERY``.
+from dwakd.align._sdtw_torch import _RENORM_EVERY, _backward_torch, _forward_torch  # noqa: F401
 
 __all__ = ["pairwise_cost", "soft_dtw", "soft_dtw_divergence"]
 
 _COST_KINDS = ("cosine", "sqeuclidean")
-# Size (elements) of one block of expected-alignment weights in the torch backward (stays in L2).
-_WEIGHT_BLOCK_ELEMS = 24576
-# The torch forward re-centres the stored diagonals every this many diagonals (see _forward_torch).
-_RENORM_EVERY = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,390 +273,6 @@ def soft_dtw_divergence(
 
 
 # ----------------------------------------------------------------------------------------------
-# Argument checks and mask handling
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_gamma(gamma) -> float:
-    if torch.is_tensor(gamma):
-        if gamma.numel() != 1 or gamma.dim() != 0:
-            raise ValueError(f"soft_dtw: gamma must be a float or a 0-dim tensor, got shape {tuple(gamma.shape)}")
-        gamma = float(gamma.detach())
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise ValueError(f"soft_dtw: gamma must be a positive float, got {type(gamma).__name__}")
-    g = float(gamma)
-    if not (g > 0.0) or not math.isfinite(g):
-        raise ValueError(f"soft_dtw: gamma must be a finite float > 0, got {gamma!r}")
-    return g
-
-
-def _check_seq(name: str, t) -> None:
-    if not torch.is_tensor(t) or t.dim() != 3 or not t.is_floating_point():
-        what = f"{t.dtype} of shape {tuple(t.shape)}" if torch.is_tensor(t) else type(t).__name__
-        raise ValueError(f"{name} must be a float tensor [B, length, D], got {what}")
-
-
-def _check_mask(name: str, mask, B: int, L: int, device) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    if not torch.is_tensor(mask):
-        raise ValueError(f"soft_dtw: {name} must be a bool tensor [{B}, {L}], got {type(mask).__name__}")
-    if tuple(mask.shape) != (B, L):
-        raise ValueError(f"soft_dtw: {name} must have shape [B, length] = {(B, L)}, got {tuple(mask.shape)}")
-    if mask.is_floating_point() or mask.is_complex():
-        raise ValueError(f"soft_dtw: {name} must be a bool (or 0/1 integer) tensor, got {mask.dtype}")
-    if mask.device != device:
-        raise ValueError(f"soft_dtw: {name} is on {mask.device}, the data on {device}")
-    return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _lengths_and_order(mask: torch.Tensor | None, B: int, L: int, device):
-    """Valid lengths ``[B]`` (int64) and the compaction order ``[B, L]`` (None if already a prefix).
-
-    The order lists the valid positions first, in their original order (a stable sort).
-    """
-    if mask is None:
-        return torch.full((B,), L, dtype=torch.int64, device=device), None
-    lengths = mask.sum(1)
-    prefix = torch.arange(L, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    if bool(torch.equal(prefix, mask)):
-        return lengths, None
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
-    return lengths, order
-
-
-def _pad_to(c: torch.Tensor, P: int) -> torch.Tensor:
-    _, n, m = c.shape
-    if n == P and m == P:
-        return c
-    return torch.nn.functional.pad(c, (0, P - m, 0, P - n))
-
-
-def _pad_mask(mask: torch.Tensor, P: int) -> torch.Tensor:
-    if mask.shape[1] == P:
-        return mask
-    return torch.nn.functional.pad(mask, (0, P - mask.shape[1]), value=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Wrapped-skew layout. A batch of B DP grids is a tensor of *logical* shape [B, G2, G1]: grid cell
-# (i, j) of element b at [b, (i + j) mod G2, i]. Storage is either batch-outer (contiguous
-# [B, G2, G1]: the Triton kernels) or batch-inner (a permuted view of a contiguous [G2, G1, B]: the
-# torch loops, where a diagonal of all B elements is then one contiguous slice).
-# ----------------------------------------------------------------------------------------------
-
-
-def _new_wrapped(Bc: int, G1: int, G2: int, dtype, device, batch_inner: bool) -> torch.Tensor:
-    """Uninitialised wrapped tensor (logical ``[Bc, G2, G1]``)."""
-    if batch_inner:
-        return torch.empty(G2, G1, Bc, dtype=dtype, device=device).permute(2, 0, 1)
-    return torch.empty(Bc, G2, G1, dtype=dtype, device=device)
-
-
-def _physical(T: torch.Tensor, batch_inner: bool) -> torch.Tensor:
-    """The storage-order view of a wrapped tensor: [G2, G1, Bc] or [Bc, G2, G1], contiguous."""
-    return T.permute(1, 2, 0) if batch_inner else T
-
-
-def _make_grid(c, gamma, n_len, m_len, bandwidth, acc, batch_inner: bool):
-    """Scaled cost ``-C / gamma`` with the S borders, logical ``[B, G1 + 1, G2]`` (last row: slack).
-    Returns (grid, its flat storage tensor)."""
-    B, N, M = c.shape
-    G1, G2 = N + 2, M + 2
-    device = c.device
-    flat = torch.empty(B * (G1 + 1) * G2, dtype=acc, device=device)
-    if batch_inner:
-        grid = flat.view(G1 + 1, G2, B).permute(2, 0, 1)
-    else:
-        grid = flat.view(B, G1 + 1, G2)
-    inner = grid[:, 1 : N + 1, 1 : M + 1]
-    if c.dtype == acc:
-        torch.mul(c, -1.0 / gamma, out=inner)
-    else:  # bf16 / float16: convert first (the product would be rounded to the input's precision)
-        inner.copy_(c)
-        inner.mul_(-1.0 / gamma)
-    grid[:, 0, :] = -math.inf
-    grid[:, :, 0] = -math.inf
-    grid[:, 0, 0] = 0.0
-    grid[:, N + 1, :] = 0.0
-    grid[:, :, M + 1] = 0.0
-    if bool((n_len < N).any() or (m_len < M).any()):
-        # padding cost 0: finite S everywhere, whatever the padded inputs hold
-        ar_n = torch.arange(N, device=device)
-        ar_m = torch.arange(M, device=device)
-        inner.masked_fill_((ar_n.unsqueeze(0) >= n_len.unsqueeze(1)).unsqueeze(2), 0.0)
-        inner.masked_fill_((ar_m.unsqueeze(0) >= m_len.unsqueeze(1)).unsqueeze(1), 0.0)
-    if bandwidth is not None:
-        d = torch.arange(M, device=device).view(1, 1, M) - torch.arange(N, device=device).view(1, N, 1)
-        lo = (-bandwidth - (n_len - m_len).clamp_min(0)).view(B, 1, 1)
-        hi = (bandwidth + (m_len - n_len).clamp_min(0)).view(B, 1, 1)
-        inner.masked_fill_((d < lo) | (d > hi), -math.inf)
-    return grid, flat
-
-
-def _grid_to_wrapped(grid: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[b, r, i] = grid[b, i, (r - i) mod G2]`` for a wrapped ``out`` of logical shape
-    ``[B, G2, G1]`` (any strides); ``grid`` is logical ``[B, G1 + 1, G2]`` with a slack last row."""
-    Bc, G2, G1 = out.shape
-    gb, gi, gj = grid.stride()
-    base = grid.storage_offset()
-    # r >= i: grid[i, r - i]; r < i: grid[i, r - i + G2] (reads past the row end, hence the slack row)
-    no_wrap = grid.as_strided((Bc, G2, G1), (gb, gj, gi - gj), base)
-    wrap = grid.as_strided((Bc, G2, G1), (gb, gj, gi - gj), base + G2 * gj)
-    r = torch.arange(G2, device=grid.device).unsqueeze(1)
-    i = torch.arange(G1, device=grid.device).unsqueeze(0)
-    torch.where(r >= i, no_wrap, wrap, out=out)
-
-
-def _fill_wrapped_borders(T: torch.Tensor, lead, trail) -> None:
-    """Set the border cells of a wrapped ``[Bc, G2, G1]`` grid (``None`` leaves them alone)."""
-    G1 = T.shape[2]
-    if lead is not None:
-        T[:, :, 0] = lead  # row i = 0
-        T[:, :G1, :].diagonal(0, 1, 2).fill_(lead)  # column j = 0: cells (i, 0) at [i, i]
-    if trail is not None:
-        T[:, :, G1 - 1] = trail  # row i = G1 - 1
-        T[:, : G1 - 1, 1:].diagonal(0, 1, 2).fill_(trail)  # column j = G2 - 1: (i, G2 - 1) at [i - 1, i]
-
-
-# ----------------------------------------------------------------------------------------------
-# Torch DP (batch-inner layout: physical [G2, G1, Bc], flat)
-# ----------------------------------------------------------------------------------------------
-
-
-def _diag_range(k: int, N: int, M: int) -> tuple[int, int]:
-    """Interior rows ``i0..i1`` (1-based) of anti-diagonal ``k = i + j``."""
-    return max(1, k - M), min(N, k - 1)
-
-
-@functools.lru_cache(maxsize=16)
-def _forward_plan(N: int, M: int, Bc: int) -> tuple:
-    """Per anti-diagonal k = 2..N+M: flat slices of its cells and of their predecessors
-    (i - 1, j - 1), (i - 1, j), (i, j - 1), in the batch-inner layout."""
-    G1, G2 = N + 2, M + 2
-    plan = []
-    for k in range(2, N + M + 1):
-        i0, i1 = _diag_range(k, N, M)
-        n = (i1 - i0 + 1) * Bc
-        o, o1, o2 = ((k % G2) * G1 + i0) * Bc, (((k - 1) % G2) * G1 + i0 - 1) * Bc, (((k - 2) % G2) * G1 + i0 - 1) * Bc
-        plan.append((slice(o, o + n), slice(o2, o2 + n), slice(o1, o1 + n), slice(o1 + Bc, o1 + Bc + n)))
-    return tuple(plan)
-
-
-@functools.lru_cache(maxsize=16)
-def _backward_plan(N: int, M: int, Bc: int, rows_per_block: int) -> tuple:
-    """Blocks of diagonals in descending order (never crossing the row wrap k = G2), each
-    ``(ka, kb, steps)``. Per diagonal k: (k, then row slices of: its weights in the block, its cells
-    in the E ring, their successors (i + 1, j), (i, j + 1), (i + 1, j + 1) in the ring, a scratch
-    prefix, its cells in the gradient). The E ring holds diagonal k at rows ``(k mod 3) G1 + i``
-    (Bc columns); the gradient is ``[N * M, Bc]``, cell (i, j) at row ``(i - 1) M + j - 1``."""
-    G1, G2 = N + 2, M + 2
-    step = max(M - 1, 1)  # (i, j) -> (i + 1, j - 1) in the [N, M] gradient
-    blocks = []
-    for lo_k, hi_k in ((max(G2, 2), N + M), (2, min(G2 - 1, N + M))):
-        kb = hi_k
-        while kb >= lo_k:
-            ka = max(lo_k, kb - rows_per_block + 1)
-            ra, ca = ka % G2, _diag_range(ka, N, M)[0]
-            width = _diag_range(kb, N, M)[1] - ca + 1
-            steps = []
-            for k in range(kb, ka - 1, -1):
-                i0, i1 = _diag_range(k, N, M)
-                n = i1 - i0 + 1
-                w0 = (k % G2 - ra) * width + (i0 - ca)
-                g0 = (i0 - 1) * M + (k - i0 - 1)  # gradient row of cell (i0, k - i0)
-                e, ed, eg = (k % 3) * G1 + i0, ((k + 1) % 3) * G1 + i0 + 1, ((k + 2) % 3) * G1 + i0 + 1
-                steps.append(
-                    (k, slice(w0, w0 + n), slice(e, e + n), slice(ed, ed + n), slice(ed - 1, ed - 1 + n),
-                     slice(eg, eg + n), slice(0, n), slice(g0, g0 + (n - 1) * step + 1, step))
-                )
-            blocks.append((ka, kb, tuple(steps)))
-            kb = ka - 1
-    return tuple(blocks)
-
-
-def _forward_torch(X: torch.Tensor, Y: torch.Tensor, N: int, M: int, offsets: torch.Tensor, banded: bool) -> None:
-    """In place: X (logical [Bc, G2, G1], batch-inner) holds ``c`` on the interior and
-    the S borders; afterwards X holds S - offsets[k] on the interior of anti-diagonal k and Y the
-    log-sum-exp of each cell's predecessors, in the units X had when the cell was computed.
-    ``offsets`` (float64 ``[N + M + 3, Bc]``) is filled here.
-
-    Every ``_RENORM_EVERY`` diagonals the two live diagonals of X are shifted by their maximum (per
-    element), so the stored values stay small: float32 then keeps ~1e-7 relative precision on them
-    instead of rounding at the scale of the whole accumulated cost (|S| ~ (N + M) C / gamma), which
-    otherwise costs the gradients ~1e-3 to 1e-2 at gamma <= 0.1 and N ~ 1000. The only weight this
-    changes in the backward is from diagonal k - 2 (shifted) to its successors on k - 1 (whose Y was
-    computed before the shift): there, exp(S_ij - L_succ) = exp(X_ij - Y_succ + shift)."""
-    Bc = X.shape[0]
-    Xf = _physical(X, True).reshape(-1)
-    Yf = _physical(Y, True).reshape(-1)
-    lae = torch.logaddexp
-    plan = _forward_plan(N, M, Bc)
-    shifts = []
-    for idx, (cell, diag, up, left) in enumerate(plan):
-        if idx >= 2 and idx % _RENORM_EVERY == 0:  # diagonal k = idx + 2
-            x1, x2 = Xf[plan[idx - 1][0]].view(-1, Bc), Xf[plan[idx - 2][0]].view(-1, Bc)  # k - 1, k - 2
-            shift = x1.amax(0)
-            if banded:  # a diagonal may lie wholly outside the band
-                shift = torch.where(torch.isfinite(shift), shift, 0.0)
-            x1.sub_(shift)
-            x2.sub_(shift)
-            shifts.append((idx, shift))  # applies from diagonal k - 2 = idx on
-        yk = Yf[cell]
-        lae(Xf[diag], Xf[up], out=yk)
-        lae(yk, Xf[left], out=yk)
-        Xf[cell].add_(yk)
-    offsets.zero_()
-    if shifts:
-        offsets[[i for i, _ in shifts]] = torch.stack([sh for _, sh in shifts]).to(offsets.dtype)
-        torch.cumsum(offsets, 0, out=offsets)
-
-
-def _backward_torch(
-    X, Y, grad, N: int, M: int, n_len: list, m_len: list, go: torch.Tensor, offsets: torch.Tensor, banded: bool
-) -> None:
-    """Write ``go_b dValue_b/dC`` into ``grad`` (``[N * M, Bc]``, cell (i, j) at row
-    ``(i - 1) M + j - 1``; any strides), from X = S and Y = L (logical
-    ``[Bc, G2, G1]``, batch-inner). ``E_ij = sum_succ E_succ exp(S_ij - L_succ)`` runs over the
-    anti-diagonals in descending order, started at each element's end cell ``(n_b, m_b)`` (elements
-    with an empty side get no start and stay 0). Only three diagonals of E are kept (a ring, zero
-    where never written, which covers the trailing borders); each finished diagonal goes straight
-    to the gradient. ``offsets``: ``[N + M + 3, Bc]`` from :func:`_forward_torch`."""
-    Bc, G2, G1 = X.shape
-    Xp, Yp = _physical(X, True), _physical(Y, True)
-    # numpy's slicing and ufunc calls cost ~4x less than torch's; "torch-gpu" keeps the device path.
-    use_numpy = X.device.type == "cpu" and _backend() != "torch-gpu"
-    starts: dict[int, tuple] = {}
-    for b in range(Bc):
-        n, m = n_len[b], m_len[b]
-        if n > 0 and m > 0:
-            entry = starts.setdefault(n + m, ([], []))
-            entry[0].append(((n + m) % 3) * G1 + n)
-            entry[1].append(b)
-    for k, (rows, bs) in list(starts.items()):
-        if use_numpy:
-            starts[k] = (np.asarray(rows), np.asarray(bs), go[bs].numpy())
-        else:
-            dev = X.device
-            starts[k] = (torch.tensor(rows, device=dev), torch.tensor(bs, device=dev), go[bs])
-    rows_per_block = max(1, _WEIGHT_BLOCK_ELEMS // (Bc * (N + 1)))
-    plan = _backward_plan(N, M, Bc, rows_per_block)
-    # The forward's re-centring: diagonal k was shifted by offsets[k] - offsets[k - 1] after its
-    # successors' Y on k + 1 were computed (see _forward_torch).
-    shifts = (offsets[1:] - offsets[:-1]).to(X.dtype)  # row k - 1: the shift of diagonal k
-    shifted = {k + 1: shifts[k] for k in shifts.ne(0).any(1).nonzero().flatten().tolist()}
-    if use_numpy:
-        Xn, Yn = Xp.numpy(), Yp.numpy()
-        ring = np.zeros((3 * G1, Bc), dtype=Xn.dtype)
-        tmp = np.empty((G1, Bc), dtype=ring.dtype)
-        wbuf = np.empty((3, rows_per_block * (N + 1) * Bc), dtype=ring.dtype)
-        gr = grad.numpy()
-        mul, add, copy = np.multiply, np.add, np.copyto
-        if shifted:
-            shifted = {k: v.numpy() for k, v in shifted.items()}
-    else:
-        ring = torch.zeros(3 * G1, Bc, dtype=X.dtype, device=X.device)
-        gr = grad
-    for ka, kb, steps in plan:
-        corr = [(k - ka, shifted[k]) for k in range(ka, kb + 1) if k in shifted] if shifted else None
-        if use_numpy:
-            wd, wr, wg = (w.reshape(-1, Bc) for w in _weight_block_numpy(Xn, Yn, ka, kb, N, M, banded, corr, wbuf))
-            for k, w, e, down, right, diag, head, g in steps:
-                ek = ring[e]
-                t = tmp[head]
-                mul(wd[w], ring[down], out=ek)
-                mul(wr[w], ring[right], out=t)
-                add(ek, t, out=ek)
-                mul(wg[w], ring[diag], out=t)
-                add(ek, t, out=ek)
-                if k in starts:
-                    ring[starts[k][0], starts[k][1]] = starts[k][2]
-                copy(gr[g], ek)
-        else:
-            wd, wr, wg = (w.view(-1, Bc) for w in _weight_block(Xp, Yp, ka, kb, N, M, banded, corr))
-            for k, w, e, down, right, diag, _, g in steps:
-                ek = ring[e]
-                torch.mul(wd[w], ring[down], out=ek)
-                ek.addcmul_(wr[w], ring[right])
-                ek.addcmul_(wg[w], ring[diag])
-                if k in starts:
-                    ring[starts[k][0], starts[k][1]] = starts[k][2]
-                gr[g] = ek
-
-
-def _weight_block(Xp, Yp, ka: int, kb: int, N: int, M: int, banded: bool, corr=None):
-    """Weights ``exp(S_ij - L_succ)`` for the three successors of every cell of diagonals ka..kb
-    (which share no wrap), flat in [rows, width, Bc] order (rows from ka's, columns from ka's first
-    interior row to kb's last). Xp, Yp: physical [G2, G1, Bc]; ``corr``: None or a list of
-    (row in the block, shift [Bc]) to add to the exponents towards the next diagonal."""
-    G2 = Xp.shape[0]
-    ra = ka if ka < G2 else ka - G2
-    rb = kb if kb < G2 else kb - G2
-    ca = _diag_range(ka, N, M)[0]
-    cb = _diag_range(kb, N, M)[1]
-    s = Xp[ra : rb + 1, ca : cb + 1]
-    if rb + 2 < G2:
-        nxt = Yp[ra + 1 : rb + 3, ca : cb + 2]
-    else:  # successors of the last rows wrap to rows 0 and 1
-        nxt = torch.cat([Yp[ra + 1 :, ca : cb + 2], Yp[: rb + 3 - G2, ca : cb + 2]], 0)
-    # Clamp the exponent where exp would return a subnormal or 0 (20x slower on x86 than a normal
-    # result): such weights (< 1e-34 in float32) are negligible next to the others, and borders
-    # and padding, whose weights are multiplied by an exact 0, stay exact.
-    lo = -80.0 if s.dtype == torch.float32 else -700.0
-    wd = torch.sub(s, nxt[:-1, 1:])
-    wr = torch.sub(s, nxt[:-1, :-1])
-    wg = torch.sub(s, nxt[1:, 1:])
-    for row, shift in corr or ():
-        wd[row].add_(shift)
-        wr[row].add_(shift)
-    wd.clamp_min_(lo).exp_()
-    wr.clamp_min_(lo).exp_()
-    wg.clamp_min_(lo).exp_()
-    if banded:  # cells outside the band (S = -inf) carry no gradient (and -inf - -inf is NaN)
-        banned = s == -math.inf
-        wd.masked_fill_(banned, 0.0)
-        wr.masked_fill_(banned, 0.0)
-        wg.masked_fill_(banned, 0.0)
-    return wd.view(-1), wr.view(-1), wg.view(-1)
-
-
-def _weight_block_numpy(Xn, Yn, ka: int, kb: int, N: int, M: int, banded: bool, corr, buf):
-    """:func:`_weight_block` with numpy on CPU (into ``buf`` [3, >= rows * width * Bc]). numpy's
-    ufuncs run single-threaded: ATen's exp goes parallel from 2048 elements, and an OpenMP barrier
-    per small op stalls for whole scheduler slices when the other cores are busy. numpy's float32 exp
-    has no slow path for subnormal results; its float64 exp does, hence the clamp there."""
-    G2, _, Bc = Xn.shape
-    ra = ka if ka < G2 else ka - G2
-    rb = kb if kb < G2 else kb - G2
-    ca = _diag_range(ka, N, M)[0]
-    cb = _diag_range(kb, N, M)[1]
-    s = Xn[ra : rb + 1, ca : cb + 1]
-    if rb + 2 < G2:
-        nxt = Yn[ra + 1 : rb + 3, ca : cb + 2]
-    else:  # successors of the last rows wrap to rows 0 and 1
-        nxt = np.concatenate([Yn[ra + 1 :, ca : cb + 2], Yn[: rb + 3 - G2, ca : cb + 2]], 0)
-    size = s.size
-    wd, wr, wg = (buf[t, :size].reshape(s.shape) for t in range(3))
-    # Border and banned cells in the block give inf - inf or overflow: weights never used.
-    with np.errstate(invalid="ignore", over="ignore"):
-        np.subtract(s, nxt[:-1, 1:], out=wd)
-        np.subtract(s, nxt[:-1, :-1], out=wr)
-        np.subtract(s, nxt[1:, 1:], out=wg)
-        for row, shift in corr or ():
-            wd[row] += shift
-            wr[row] += shift
-        for w in (wd, wr, wg):
-            if w.dtype == np.float64:
-                np.maximum(w, -700.0, out=w)
-            np.exp(w, out=w)
-    if banded:  # cells outside the band (S = -inf) carry no gradient (and -inf - -inf is NaN)
-        banned = s == -np.inf
-        for w in (wd, wr, wg):
-            w[banned] = 0.0
-    return wd, wr, wg
-
-
-# ----------------------------------------------------------------------------------------------
 # Autograd function
 # ----------------------------------------------------------------------------------------------
 
@@ -673,14 +303,6 @@ def _use_triton(t: torch.Tensor) -> bool:
     except Exception:  # triton missing or broken: torch fallback
         return False
     return _sdtw_triton.available()
-
-
-def _index_grid(t: torch.Tensor, x_order, y_order) -> tuple:
-    B, N, M = t.shape
-    bi = torch.arange(B, device=t.device).view(B, 1, 1)
-    xi = x_order if x_order is not None else torch.arange(N, device=t.device).expand(B, N)
-    yi = y_order if y_order is not None else torch.arange(M, device=t.device).expand(B, M)
-    return bi, xi.unsqueeze(2), yi.unsqueeze(1)
 
 
 class _SoftDTWFunction(torch.autograd.Function):
@@ -767,7 +389,11 @@ class _SoftDTWFunction(torch.autograd.Function):
             # (batch-inner) gradient would send the cost's bmm backward down a slow non-BLAS path.
             grad = torch.empty(B, N, M, dtype=acc, device=device)
             store = grad.view(B, N * M).t()
-            _backward_torch(X, Y, store, N, M, n_len.tolist(), m_len.tolist(), go, offsets.t(), ctx.banded)
+            # numpy's slicing and ufunc calls cost ~4x less than torch's; "torch-gpu" keeps the device path.
+            use_numpy = X.device.type == "cpu" and _backend() != "torch-gpu"
+            _backward_torch(
+                X, Y, store, N, M, n_len.tolist(), m_len.tolist(), go, offsets.t(), ctx.banded, use_numpy
+            )
         if ctx.transposed:
             grad = grad.transpose(1, 2)
         x_order, y_order = ctx.orders
