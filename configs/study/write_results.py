@@ -63,12 +63,46 @@ def _diff(key):
     return f"{name} = {d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d.get('n')})", lo <= 0 <= hi
 
 
+def bpb_diffs() -> dict:
+    """Paired differences of bits per byte (mean over the sets) against sft and dskd, by training seed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    from dwakd.compare.stats import paired_difference
+
+    per = {}
+    for c in (res or {}).get("cells", []):
+        if c["done"] and c.get("bpb") is not None:
+            per.setdefault(c["label"], {})[c["seed"]] = c["bpb"]
+    out = {}
+    for base in ("sft", "dskd"):
+        for label in per:
+            if label != base and base in per:
+                d = paired_difference(per[label], per[base])
+                if d.get("mean") is not None:
+                    out[f"{label} - {base}"] = d
+    return out
+
+
+def _bpb_head(key, d):
+    name = key.replace("dwakd", "DWA-KD").replace("dskd", "DSKD").replace("sft", "SFT")
+    if d.get("half_width") is None:
+        return f"{name} = {d['mean']:+.3f} (n={d['n']}, no interval)", True
+    lo, hi = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
+    return f"{name} = {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={d['n']})", lo <= 0 <= hi
+
+
 heads = [h for h in (_diff("dwakd - dskd"), _diff("dskd - sft"), _diff("dwakd - sft")) if h]
 if heads:
-    L += ["**Headline so far** (avg ROUGE-L over the three sets, paired by training seed, 95% t-interval): "
+    L += ["**Headline so far, ROUGE-L** (avg over the three sets, paired by training seed, 95% t-interval): "
           + "; ".join(t for t, _ in heads) + "."
-          + (" Every interval contains 0: no ordering of these methods can be claimed from these seeds."
+          + (" Every interval contains 0: no ordering of these methods by ROUGE-L can be claimed from these seeds."
              if all(z for _, z in heads) else ""), ""]
+bd = bpb_diffs()
+bheads = [_bpb_head(k, bd[k]) for k in ("dwakd - dskd", "dskd - sft", "dwakd - sft") if k in bd]
+if bheads:
+    L += ["**Headline so far, bits per byte** of the reference responses (lower is better; same pairing): "
+          + "; ".join(t for t, _ in bheads) + ". "
+          + "Intervals that exclude 0: " + (", ".join(t.split(" =")[0] for t, z in bheads if not z) or "none") + ".",
+          ""]
 L += ["## How to reproduce / resume", "",
       "From the repository root (the study ran from a frozen checkout of commit "
       f"`{(study / 'FROZEN_COMMIT').read_text().strip() if (study / 'FROZEN_COMMIT').is_file() else '?'}` at "
@@ -134,10 +168,49 @@ if res:
               + ", ".join(f"{c['label']}-s{c['seed']} {fmt_s((c['train_seconds'] or 0) + (c['eval_seconds'] or 0))}"
                           for c in rows) + ".", ""]
     shutil.copy(study / "grid" / "results.json", docs / "results.json")
+    brows = []
+    for key, d in bpb_diffs().items():
+        ci = (f"[{d['mean'] - d['half_width']:+.3f}, {d['mean'] + d['half_width']:+.3f}]"
+              if d.get("half_width") is not None else "(no interval)")
+        brows.append(f"| {key} | {d['mean']:+.3f} {ci} (n={d['n']}) |")
+    if brows:
+        L += ["Bits per byte of the reference responses, paired by training seed (negative = the first method "
+              "models the references better):", "", "| difference | bits/byte, 95% CI |", "|---|---|", *brows, ""]
+
+    # Mean answer length (words), from the sampled answers of every finished model.
+    def words(d: Path):
+        p = d / "eval" / "samples.jsonl"
+        if not p.is_file():
+            return None
+        n = [len(json.loads(line).get("output", "").split()) for line in p.read_text(encoding="utf-8").split("\n")
+             if line.strip()]
+        return sum(n) / len(n) if n else None
+
+    lengths = {}
+    for label in res.get("references", {}):
+        lengths[label] = [w for w in [words(study / "grid" / "refs" / label)] if w is not None]
+    for c in res["cells"]:
+        if c["done"]:
+            w = words(study / "grid" / "cells" / f"{c['label']}-s{c['seed']}")
+            if w is not None:
+                lengths.setdefault(c["label"], []).append(w)
+    lengths = {k: sum(v) / len(v) for k, v in lengths.items() if v}
+    if lengths:
+        L += ["Mean answer length in words (all sets and sampling seeds; at most 128 new tokens): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in lengths.items()) + ".", ""]
 L += ["## Reading these numbers", "",
       "- One small student, one small teacher, a 620-record training set and a CPU budget: this tests whether the "
       "methods' differences show up in the pretrained-student regime at this scale, not the paper's numbers.",
       "- Cells that are still pending are not imputed; intervals use only seeds that both methods finished.",
+      "- **ROUGE-L at this scale mostly measures lexical overlap of near-gibberish, and rewards length.** A "
+      "4.2M-parameter student writes barely grammatical text after any method (the samples are in each cell's "
+      "`eval/samples.jsonl`). The pretrained student, which never learned to stop, writes about twice as many "
+      "words as the fine-tuned ones (lengths above) and so scores a higher ROUGE-L than every distilled student, "
+      "although its bits per byte on the references are far worse. Read the ROUGE-L differences between methods "
+      "with that in mind, next to the bits-per-byte differences, which do not depend on sampling or length.",
+      "- Bits per byte scores the gold responses, the very likelihood SFT maximises with its whole objective; "
+      "the KD methods give part of theirs to KD terms (`kd_rate` 0.5), so SFT leading on it is expected. "
+      "Between KD methods, which share that split, it is a fair comparison.",
       "- `dev loss` is each method's own training objective on the dev part (for KD methods it includes their KD "
       "terms), so it compares seeds of one method, not methods; `bits/byte` is the likelihood that compares them.", ""]
 docs.mkdir(exist_ok=True)
