@@ -113,6 +113,16 @@ def test_grid_resumes_after_a_kill_and_cells_are_independent(tmp_path, tiny_teac
     hw = 12.706204736 * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)
     got = res["differences"]["dskd - sft"]["avg"]
     assert got["mean"] == pytest.approx(mean) and (got["half_width"] or 0.0) == pytest.approx(hw, abs=1e-9)
+    # ... and the same for bits per byte (each cell's mean over its sets, from its own eval.json)
+    def cell_bpb(label, seed):
+        sets = json.loads((cells / f"{label}-s{seed}" / "eval.json").read_text())["sets"]
+        return sum(v["bpb"] for v in sets.values()) / len(sets)
+
+    db = [cell_bpb("dskd", s) - cell_bpb("sft", s) for s in (1, 2)]
+    gb = res["differences"]["dskd - sft"]["bpb"]
+    assert gb["mean"] == pytest.approx((db[0] + db[1]) / 2)
+    assert gb["half_width"] == pytest.approx(12.706204736 * abs(db[0] - db[1]) / math.sqrt(2) / math.sqrt(2))
+    assert "bits/byte, 95% CI" in (tmp_path / "grid" / "report.md").read_text()
     assert (tmp_path / "grid" / "report.md").is_file()
 
     # Independence: dskd seed 2 alone, in a fresh grid, gives the same student as inside the full grid.

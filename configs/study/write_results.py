@@ -113,7 +113,8 @@ L += ["## How to reproduce / resume", "",
       "configs/study/pretrain.yaml`, the SFT budget sweep (`dwakd compare configs/study/budget.yaml`), "
       "teacher fine-tuning (`dwakd train configs/study/teacher-sft.yaml`; `TEACHER_SFT=0` skips it), then the "
       "grid (`dwakd compare configs/study/compare.yaml ... model.teacher=<study>/teacher-sft/final "
-      "train.lr=<budget> train.epochs=<budget>`). Refresh this page with "
+      "train.lr=<budget> train.epochs=<budget>`). Refresh this page with the same compare command plus "
+      "`--report-only` (it rewrites the grid's report from every finished cell), then "
       "`PYTHONPATH=src python configs/study/write_results.py /work/study-runs docs`.", ""]
 L += ["## Setup", "",
       ("- **Teacher:** SmolLM2-135M-Instruct, first fine-tuned (all weights, SFT on gold responses, chat template, "
@@ -168,14 +169,15 @@ if res:
               + ", ".join(f"{c['label']}-s{c['seed']} {fmt_s((c['train_seconds'] or 0) + (c['eval_seconds'] or 0))}"
                           for c in rows) + ".", ""]
     shutil.copy(study / "grid" / "results.json", docs / "results.json")
-    brows = []
-    for key, d in bpb_diffs().items():
-        ci = (f"[{d['mean'] - d['half_width']:+.3f}, {d['mean'] + d['half_width']:+.3f}]"
-              if d.get("half_width") is not None else "(no interval)")
-        brows.append(f"| {key} | {d['mean']:+.3f} {ci} (n={d['n']}) |")
-    if brows:
-        L += ["Bits per byte of the reference responses, paired by training seed (negative = the first method "
-              "models the references better):", "", "| difference | bits/byte, 95% CI |", "|---|---|", *brows, ""]
+    if not any("bpb" in d for d in res.get("differences", {}).values()):  # a report written before bpb differences
+        brows = []
+        for key, d in bpb_diffs().items():
+            ci = (f"[{d['mean'] - d['half_width']:+.3f}, {d['mean'] + d['half_width']:+.3f}]"
+                  if d.get("half_width") is not None else "(no interval)")
+            brows.append(f"| {key} | {d['mean']:+.3f} {ci} (n={d['n']}) |")
+        if brows:
+            L += ["Bits per byte of the reference responses, paired by training seed (negative = the first method "
+                  "models the references better):", "", "| difference | bits/byte, 95% CI |", "|---|---|", *brows, ""]
 
     # Mean answer length (words), from the sampled answers of every finished model.
     def words(d: Path):

@@ -85,6 +85,8 @@ def collect(cc: CompareConfig) -> dict:
                 a, b = per[label], per[base]
                 diffs[f"{label} - {base}"] = {
                     "avg": paired_difference({s: r["avg"] for s, r in a.items()}, {s: r["avg"] for s, r in b.items()}),
+                    "bpb": paired_difference({s: r["bpb"] for s, r in a.items() if r.get("bpb") is not None},
+                                             {s: r["bpb"] for s, r in b.items() if r.get("bpb") is not None}),
                     "sets": {k: paired_difference({s: r["sets"][k] for s, r in a.items()},
                                                   {s: r["sets"][k] for s, r in b.items()}) for k in set_names},
                 }
@@ -118,13 +120,14 @@ def _ms(st: dict, fmt="{:.2f}") -> str:
     return _n(st["mean"], fmt) + (f" ± {_n(st['std'], fmt)}" if st.get("std") is not None else "")
 
 
-def _ci(d: dict) -> str:
-    if d.get("mean") is None:
+def _ci(d: dict | None, digits: int = 2) -> str:
+    if not d or d.get("mean") is None:
         return "–"
+    f = f"{{:+.{digits}f}}"
     if d.get("ci95") is None:
-        return f"{d['mean']:+.2f} (n={d['n']}, no interval)"
+        return f"{f.format(d['mean'])} (n={d['n']}, no interval)"
     lo, hi = d["ci95"]
-    return f"{d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d['n']})"
+    return f"{f.format(d['mean'])} [{f.format(lo)}, {f.format(hi)}] (n={d['n']})"
 
 
 def tables(res: dict, set_names: list[str]) -> str:
@@ -139,10 +142,11 @@ def tables(res: dict, set_names: list[str]) -> str:
                      + f" | **{_ms(m.get('avg'))}** | {_ms(m.get('bpb'), '{:.3f}')} | {_ms(m['dev_loss'], '{:.3f}')} |")
     out = "\n".join(lines)
     if res["differences"]:
-        dl = ["| difference (paired by training seed) | avg ROUGE-L, 95% CI | " + " | ".join(set_names) + " |",
-              "|" + "---|" * (len(set_names) + 2)]
+        dl = ["| difference (paired by training seed) | avg ROUGE-L, 95% CI | " + " | ".join(set_names)
+              + " | bits/byte, 95% CI (lower is better) |", "|" + "---|" * (len(set_names) + 3)]
         for name, d in res["differences"].items():
-            dl.append(f"| {name} | {_ci(d['avg'])} | " + " | ".join(_ci(d["sets"][k]) for k in set_names) + " |")
+            dl.append(f"| {name} | {_ci(d['avg'])} | " + " | ".join(_ci(d["sets"][k]) for k in set_names)
+                      + f" | {_ci(d.get('bpb'), 3)} |")
         out += "\n\n" + "\n".join(dl)
     return out
 
