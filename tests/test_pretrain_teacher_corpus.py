@@ -169,3 +169,22 @@ def test_a_cached_student_is_reused_before_any_teacher_generates(home, tmp_path,
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(AssertionError, match="teacher was loaded"):
         ensure_pretrained(load_pretrain_config(p), progress=False)
+
+
+def test_an_alias_teacher_is_identified_without_converting_it(home, monkeypatch):
+    """The alias's identity is its GGUF checksum, known up front: computing a corpus key (as a cached
+    student's lookup does) converts nothing, and the converted directory gives the same identity."""
+    import dwakd.models.aliases as aliases
+    from dwakd.pretrain.teacher_corpus import _teacher_identity, corpus_key
+
+    def no_convert(*a, **k):
+        raise AssertionError("the alias was converted")
+
+    monkeypatch.setattr(aliases, "_convert", no_convert)
+    ident = _teacher_identity("SmolLM2-135M-Instruct")
+    assert ident == {"alias_sha256": aliases.ALIASES["smollm2-135m-instruct"].sha256}
+    converted = home / "fake-converted"
+    converted.mkdir(parents=True)
+    (converted / "dwakd_alias.json").write_text(json.dumps({"sha256": ident["alias_sha256"]}))
+    assert _teacher_identity(str(converted)) == ident
+    assert len(corpus_key("smollm2-135m-instruct", seed_prompts(3, 0), 8, 0)) == 16

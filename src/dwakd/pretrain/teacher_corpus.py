@@ -63,15 +63,15 @@ def seed_prompts(n: int, seed: int = 0) -> list[str]:
 
 def _teacher_identity(spec: str) -> dict:
     """What identifies the teacher's weights: the alias checksum, else its files' names and sizes."""
-    from dwakd.models import resolve_alias
+    from dwakd.models.aliases import ALIASES
 
-    try:
-        path = resolve_alias(spec)
-    except Exception:  # noqa: BLE001 - not an alias: a directory or a hub name
-        path = Path(spec).expanduser()
+    alias = ALIASES.get(str(spec).lower())
+    if alias is not None:  # its GGUF checksum: known without converting it (a cached student needs no teacher)
+        return {"alias_sha256": alias.sha256}
+    path = Path(spec).expanduser()
     if path.is_dir():
         marker = path / "dwakd_alias.json"
-        if marker.is_file():
+        if marker.is_file():  # a converted alias given by its directory
             return {"alias_sha256": json.loads(marker.read_text(encoding="utf-8")).get("sha256")}
         from dwakd.fsio import update_with_model_files
 
