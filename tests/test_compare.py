@@ -147,6 +147,12 @@ def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path, tiny_teache
     assert stopped.returncode == 2 and "stopped before its last step" in stopped.stderr
     cell = tmp_path / "grid" / "cells" / "sft-s1"
     assert not (cell / "run" / "final").exists()
+    from dwakd.compare.status import grid_status
+
+    (row,) = grid_status(load_compare_config(cfg))
+    assert (row["state"], row["detail"]) == ("interrupted", "step 3; resumes from checkpoint-3")
+    status = _compare(cfg, "--status")
+    assert "sft-s1" in status.stdout and "interrupted" in status.stdout
     _compare(cfg)
     meta = json.loads((cell / "cell.json").read_text())
     assert meta["done"] and meta["train_sessions"] == 2
@@ -199,9 +205,19 @@ def test_a_cell_another_worker_holds_is_skipped_and_picked_up_later(tmp_path, ti
         [sys.executable, "-c", "import sys, time; from dwakd.train.rundir import RunLock; "
          "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(cell1)],
         env=_env(), stdout=subprocess.PIPE, text=True)
+    from dwakd.compare.status import format_status, grid_status
+
+    def states():
+        return {r["name"]: (r["state"], r["detail"]) for r in grid_status(load_compare_config(cfg))}
+
     try:
         assert holder.stdout.readline().strip() == "locked"
+        st = states()
+        assert st["sft-s1"][0] == "running" and f"pid {holder.pid} " in st["sft-s1"][1]
+        assert st["sft-s2"] == ("pending", "")
         summary = run_grid(cc, progress=False)
+        st = states()
+        assert st["sft-s1"][0] == "running" and st["sft-s2"][0] == "done"
         cli = _compare(cfg, check=False)  # the command says so in its exit status: 75 (EX_TEMPFAIL)
     finally:
         holder.kill()
@@ -209,7 +225,11 @@ def test_a_cell_another_worker_holds_is_skipped_and_picked_up_later(tmp_path, ti
     assert summary["busy"] == ["sft-s1"]
     assert cli.returncode == 75 and "left to another process: sft-s1" in cli.stdout
     assert not (cell1 / "cell.json").exists()
+    st = states()  # the holder is gone and wrote nothing: the cell restarts from scratch
+    assert st["sft-s1"] == ("interrupted", "no step logged yet; no checkpoint, restarts")
+    assert "1 done, 0 running, 1 interrupted, 0 pending" in format_status(cc, grid_status(cc))
     assert json.loads((cc.output_dir / "cells" / "sft-s2" / "cell.json").read_text())["done"]
     again = run_grid(load_compare_config(cfg), progress=False)  # the holder is gone: its lock is stale
     assert again["busy"] == [] and json.loads((cell1 / "cell.json").read_text())["done"]
+    assert {s for s, _ in states().values()} == {"done"}
     assert not json.loads((cc.output_dir / "results.json").read_text())["pending"]

@@ -1,4 +1,4 @@
-"""``dwakd compare CONFIG [key.sub=value ...] [--output-dir DIR] [--report-only]``.
+"""``dwakd compare CONFIG [key.sub=value ...] [--output-dir DIR] [--report-only | --status]``.
 
 Runs (or continues) the grid of a compare config; the overrides apply to the base training config
 of every cell (e.g. ``train.lr=1e-3 model.teacher=runs/teacher/final``). Rerun the same command to
@@ -25,13 +25,16 @@ def add_arguments(p) -> None:
                    help="overrides of the base training config")
     p.add_argument("--output-dir", default=None, help="grid directory (default: output_dir of the config)")
     p.add_argument("--report-only", action="store_true", help="only rewrite report.md / results.json from finished cells")
+    p.add_argument("--status", action="store_true",
+                   help="print each cell's state (done / running / interrupted / pending) and exit; writes nothing")
 
 
 def _split_remainder(args) -> None:
     """Move ``--output-dir D`` / ``--output-dir=D`` / ``--report-only`` found among the overrides onto ``args``."""
     from dwakd.cli._remainder import split_remainder
 
-    split_remainder(args, flags=("--report-only",), valued=("--output-dir",), usage="--output-dir DIR, --report-only")
+    split_remainder(args, flags=("--report-only", "--status"), valued=("--output-dir",),
+                    usage="--output-dir DIR, --report-only, --status")
 
 
 def run(args) -> int:
@@ -41,6 +44,11 @@ def run(args) -> int:
     from dwakd.compare.report import write_report
 
     cc = load_compare_config(args.config, output_dir=args.output_dir, train_overrides=args.overrides)
+    if args.status:
+        from dwakd.compare.status import format_status, grid_status
+
+        print(format_status(cc, grid_status(cc)))
+        return 0
     if args.report_only:
         print(f"report: {write_report(cc)}")
         return 0
