@@ -241,6 +241,7 @@ class ALM(DistillMethod):
     """Approximate likelihood matching on span-derived chunks (see the module docstring)."""
 
     name = "alm"
+    supports_zero3 = True  # reads student logits only through its forward (materialised under ZeRO-3)
     description = "ALM: approximate likelihood matching of chunk likelihoods over common character boundaries"
     Options = ALMOptions
 

@@ -214,6 +214,7 @@ class CDM(DistillMethod):
     """Contextual dynamic mapping (see the module docstring)."""
 
     name = "cdm"
+    supports_zero3 = True  # reads student logits only through its forward (materialised under ZeRO-3)
     description = "CDM: entropy-weighted DTW alignment + contextual dynamic vocabulary mapping (batched)"
     Options = CDMOptions
 

@@ -151,6 +151,7 @@ class MinED(DistillMethod):
     """
 
     name = "mined"
+    supports_zero3 = True  # reads student logits only through its forward (materialised under ZeRO-3)
     description = "MinED (FuseLLM): edit-distance DTW token alignment and vocabulary map, KL where aligned"
     Options = MinEDOptions
 

@@ -122,6 +122,7 @@ class MultiLevelOT(DistillMethod):
     """Terms ``ce``, ``ot_abs``, ``ot_log``, ``ot_sinkhorn`` (module docstring)."""
 
     name = "multilevel-ot"
+    supports_zero3 = True  # reads student logits only through its forward (materialised under ZeRO-3)
     description = "MultiLevelOT: z-scored top-k rank distributions, token-level abs/log costs and sequence-level Sinkhorn"
     Options = MultiLevelOTOptions
 

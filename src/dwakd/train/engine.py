@@ -58,7 +58,7 @@ def check_backend(accelerator, cfg: DwakdConfig | None = None, method_cls=None) 
     """Refuse the distributed back-ends this loop does not drive correctly (before anything is written);
     fit DeepSpeed's config to the run (:func:`configure_deepspeed`). ZeRO-3 partitions the student
     between module calls, so it is refused for methods that do not declare ``supports_zero3 = True``
-    (``sft``, ``uld`` and the DSKD family do; FSDP shards the students of the others)."""
+    (every cross-tokenizer method does; ``kd`` does not: FSDP shards its student)."""
     from accelerate.utils import DistributedType
 
     from dwakd.errors import ConfigError
