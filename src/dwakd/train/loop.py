@@ -29,6 +29,9 @@ Signals: SIGINT and SIGTERM (how schedulers preempt jobs) set a flag; at the nex
 (agreed by all processes) the trainer writes a checkpoint and raises
 :class:`~dwakd.errors.TrainingInterrupted` (status ``interrupted``). A second SIGINT interrupts at
 once (``KeyboardInterrupt``).
+
+The step bookkeeping (term sums and their host sync, step metrics, state counters, logging
+intervals, best-dev tracking) lives in :mod:`dwakd.train._accounting`.
 """
 
 from __future__ import annotations
@@ -37,16 +40,28 @@ import contextlib
 import math
 import signal
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 
-from dwakd.config import DwakdConfig, config_to_dict, dump_config
+from dwakd.config import DwakdConfig, dump_config
 from dwakd.errors import DwakdError, TrainingInterrupted
 from dwakd.fsio import atomic_directory, fsync_file
+from dwakd.train._accounting import (
+    StepSums,
+    TrainInterval,
+    add_best,
+    advance_state,
+    bad_step_reasons,
+    flat_config,  # noqa: F401  (re-exported: dwakd.train.loop.flat_config)
+    run_summary,
+    step_metrics,
+    token_counts,
+    total_steps_for,  # noqa: F401  (re-exported: dwakd.train.loop.total_steps_for)
+    would_be_best,
+)
 from dwakd.train.card import push_final, write_final_extras
 from dwakd.train.checkpoint import (
     CheckpointManager,
@@ -81,27 +96,6 @@ class TrainResult:
     metrics: dict
 
 
-def total_steps_for(cfg: DwakdConfig, plan: StepPlan) -> int:
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return cfg.train.epochs * plan.steps_per_epoch
-
-
-def flat_config(cfg: DwakdConfig) -> dict:
-    """The config as flat scalars (for tracker hyper-parameter tables)."""
-    out = {}
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-
-    walk(config_to_dict(cfg), "")
-    return out
-
-
 class Trainer:
     """Drives one run. All processes run the same code; only the main process writes files."""
 
@@ -122,7 +116,7 @@ class Trainer:
             global_batch=plan.global_batch, seed=t.seed,
         )
         self._checked_n_tokens = False
-        self._interval: dict = defaultdict(float)
+        self._interval = TrainInterval()
         self.last_checkpoint: Path | None = None
         self._stop = StopFlag()
         self._stop_agreed = False
@@ -147,21 +141,13 @@ class Trainer:
         acc, t = self.acc, self.cfg.train
         t0 = time.perf_counter()
         batches = [self.data.collate(idx, "train") for idx in self.plan.micro_batches(step)]
-        local = [
-            float(sum(int(b.student.target_mask.sum()) for b in batches)),
-            float(sum(int(b.student.attention_mask.sum()) for b in batches)),
-            float(sum(b.batch_size for b in batches)),
-        ]
-        n_tok, n_input, n_examples = (float(x) for x in self._reduce(local).tolist())
+        counts = tuple(float(x) for x in self._reduce(token_counts(batches)).tolist())
+        n_tok = counts[0]
         if n_tok <= 0:
             raise DwakdError(f"step {step}: the batch has no response tokens (the data layer should have dropped such records)")
         self.engine.method.set_progress(step, self.total_steps)
         scale = acc.num_processes / n_tok
-        names: list[str] | None = None
-        sums: torch.Tensor | None = None  # [total, *terms] token sums, on the device (one sync per step)
-        acc_dtype = torch.float32 if acc.device.type == "mps" else torch.float64
-        stats: dict[str, list[torch.Tensor]] = defaultdict(list)  # stays on the device until the one sync
-        nonfinite_in: torch.Tensor | None = None  # NaN/+inf in the models' logits or hidden states
+        sums = StepSums(acc.device, torch.float32 if acc.device.type == "mps" else torch.float64)
         ds = is_deepspeed(acc)
         for i, batch in enumerate(batches):
             batch = batch.to(acc.device)
@@ -172,20 +158,12 @@ class Trainer:
                 teacher_out = self.engine.teacher_runner(batch)
                 terms = self.model(batch, teacher_out)
                 total = terms.total()
-                if names is None:
-                    names = list(terms.terms)
-                    sums = torch.zeros(len(names) + 1, dtype=acc_dtype, device=acc.device)
-                sums += torch.stack([total.detach().to(acc_dtype)] + [terms.terms[n].detach().to(acc_dtype) for n in names])
-                flag = getattr(self.engine.module, "nonfinite_inputs", None)
-                if flag is not None:
-                    nonfinite_in = flag.to(acc.device) if nonfinite_in is None else nonfinite_in | flag.to(acc.device)
-                for k, v in terms.stats.items():
-                    stats[k].append(torch.as_tensor(v).detach().to(device=acc.device, dtype=acc_dtype).reshape(()))
+                sums.add(terms, total, getattr(self.engine.module, "nonfinite_inputs", None))
                 self._check_n_tokens(terms, batch)
                 if ds and sync:
                     # Decide the step before the engine steps: a non-finite term on any process makes
                     # the boundary's gradient NaN, so DeepSpeed's own non-finite check skips the step.
-                    local, stat_means, bad_terms = self._host_sync(sums, names, stats, nonfinite_in)
+                    local, stat_means, bad_terms = sums.host_sync()
                     reduced = self._reduce(local + [float(bool(bad_terms)), float(self._stop.signum or 0)])
                     if reduced[-2].item() > 0:
                         total = total * float("nan")
@@ -194,43 +172,24 @@ class Trainer:
                 else:
                     acc.backward(total * scale)
         if not ds:
-            local, stat_means, bad_terms = self._host_sync(sums, names, stats, nonfinite_in)
+            local, stat_means, bad_terms = sums.host_sync()
             reduced = self._reduce(local + [float(bool(bad_terms)), float(self._stop.signum or 0)])
         self._stop_agreed = reduced[-1].item() > 0
         # all parameters (frozen ones have no gradient): accelerate's FSDP path needs the model's full list
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         bad = reduced[-2].item() > 0 or not math.isfinite(grad_norm)
-        out = {"n_tokens": n_tok, "n_input": n_input, "n_examples": n_examples, "grad_norm": grad_norm,
-               "loss": reduced[0].item() / n_tok}
-        out.update({f"term/{n}": reduced[1 + k].item() / n_tok for k, n in enumerate(names)})
-        out.update({f"stat/{k}": v for k, v in stat_means.items()})
+        out = step_metrics(counts, grad_norm, reduced, sums.names, stat_means)
         out.update(current_lrs(self.engine.optimizer))
         if bad:
             self.engine.optimizer.zero_grad(set_to_none=True)
-            which = sorted(bad_terms) or (["gradient"] if not math.isfinite(grad_norm) else ["a term on another process"])
-            out["bad"] = which
+            out["bad"] = bad_step_reasons(bad_terms, grad_norm)
         else:
             self.engine.optimizer.step()
         self.engine.scheduler.step()
         self.engine.optimizer.zero_grad(set_to_none=True)
         out["step_time_s"] = time.perf_counter() - t0
         return out
-
-    @staticmethod
-    def _host_sync(sums: torch.Tensor, names: list[str], stats: dict, nonfinite_in) -> tuple[list[float], dict, set[str]]:
-        """The step's one host sync: this process's term sums and method stats as floats, and the bad terms."""
-        host = torch.cat([sums] + [torch.stack(v) for v in stats.values()]).tolist()
-        local, pos, stat_means = host[:len(sums)], len(sums), {}
-        for k, v in stats.items():
-            stat_means[k], pos = sum(host[pos:pos + len(v)]) / len(v), pos + len(v)
-        # (a non-finite micro-batch value makes its sum non-finite)
-        bad_terms = {n for n, v in zip(names, local[1:]) if not math.isfinite(v)}
-        if not math.isfinite(local[0]):
-            bad_terms.add("total")
-        if nonfinite_in is not None and bool(nonfinite_in):
-            bad_terms.add("logits")
-        return local, stat_means, bad_terms
 
     def _check_n_tokens(self, terms, batch) -> None:
         """Once per run: the method's ``n_tokens`` should be the batch's student response tokens."""
@@ -276,34 +235,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _log_train(self, step: int, out: dict, force: bool = False) -> None:
-        iv = self._interval
-        iv["steps"] += 1
-        iv["time"] += out["step_time_s"]
-        iv["n_input"] += out["n_input"]
-        if "bad" not in out:
-            iv["good"] += 1
-            for k, v in out.items():
-                if k.startswith(("loss", "term/", "stat/")):
-                    iv[k] += v
+        self._interval.add(out)
         if not (force or step % self.cfg.train.log_every == 0):
             return
-        good = max(1.0, iv["good"])
-        rec = {k: iv[k] / good for k in iv if k.startswith(("loss", "term/", "stat/"))}
-        rec.update({k: v for k, v in out.items() if k.startswith("lr/")})
+        rec = self._interval.record(out)
         rec.update({
-            "grad_norm": out["grad_norm"], "n_tokens": out["n_tokens"],
-            "tokens_per_s": iv["n_input"] / max(iv["time"], 1e-9), "step_time_s": iv["time"] / iv["steps"],
             "peak_mem_mb": peak_memory_mb(self.acc.device), "epoch": step / max(1, self.plan.steps_per_epoch),
             "bad_steps_total": self.state.bad_steps_total,
         })
         self.metrics.log(step, "train", rec)
-        self._interval = defaultdict(float)
-
-    def _would_be_best(self, dev_loss: float) -> bool:
-        if self.cfg.train.keep_best_n <= 0:
-            return False
-        best = sorted(b["dev_loss"] for b in self.state.best)
-        return len(best) < self.cfg.train.keep_best_n or dev_loss < best[self.cfg.train.keep_best_n - 1]
+        self._interval = TrainInterval()
 
     def fit(self) -> TrainResult:
         t, st = self.cfg.train, self.state
@@ -329,13 +270,8 @@ class Trainer:
         while st.global_step < stop:
             step = st.global_step
             out = self.train_step(step)
-            st.global_step = step + 1
-            st.epoch, st.step_in_epoch = self.plan.locate(st.global_step)
-            st.examples_seen += int(out["n_examples"])
-            st.tokens_seen += int(out["n_tokens"])
+            advance_state(st, self.plan, step, out)
             if "bad" in out:
-                st.consecutive_bad_steps += 1
-                st.bad_steps_total += 1
                 msg = (f"step {st.global_step}: non-finite {', '.join(out['bad'])}; step skipped "
                        f"({st.consecutive_bad_steps} in a row, limit train.max_bad_steps={t.max_bad_steps})")
                 log.warning(msg)
@@ -346,9 +282,6 @@ class Trainer:
                         f"{msg}. Stopping: the loss or its gradient was not finite for {st.consecutive_bad_steps} "
                         f"consecutive steps. Lower train.lr / train.projector_lr, check the data, or try "
                         f"train.bf16=false; the last good checkpoint is {self.ckpt.latest() or 'none'}")
-            else:
-                st.consecutive_bad_steps = 0
-                st.last_train_loss = out["loss"]
             self._log_train(st.global_step, out, force=st.global_step == stop)
             if "bad" not in out:
                 bar.set_postfix(progress_postfix(out), refresh=False)
@@ -395,10 +328,9 @@ class Trainer:
             self.metrics.log(gs, "eval", ev)
             console(self.acc, dev_line(gs, self.total_steps, ev))
             if math.isfinite(st.dev_loss):
-                if self._would_be_best(st.dev_loss):
+                if would_be_best(st.best, t.keep_best_n, st.dev_loss):
                     do_save = True
-                st.best = sorted(st.best + [{"step": gs, "dev_loss": st.dev_loss}], key=lambda b: b["dev_loss"])
-                st.best = st.best[: max(1, t.keep_best_n)]
+                st.best = add_best(st.best, gs, st.dev_loss, t.keep_best_n)
             else:
                 log.warning("step %d: the dev loss is not finite", gs)
                 st.dev_loss = None
@@ -406,14 +338,7 @@ class Trainer:
             self._save()
 
     def _summary(self) -> dict:
-        st = self.state
-        out = {"global_step": st.global_step, "total_steps": self.total_steps, "bad_steps_total": st.bad_steps_total}
-        if st.last_train_loss is not None:
-            out["last_train_loss"] = st.last_train_loss
-        if st.best:
-            out["best_dev_loss"] = st.best[0]["dev_loss"]
-            out["best_dev_step"] = st.best[0]["step"]
-        return out
+        return run_summary(self.state, self.total_steps)
 
     def _merged_lora(self, student, adapter_dir: Path):
         """The student with its LoRA adapter merged in (a plain HF model).
