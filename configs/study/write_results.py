@@ -179,6 +179,46 @@ if res:
             L += ["Bits per byte of the reference responses, paired by training seed (negative = the first method "
                   "models the references better):", "", "| difference | bits/byte, 95% CI |", "|---|---|", *brows, ""]
 
+    # DWA-KD's ablations, paired against full DWA-KD (the paper's ablation order).
+    abl = [("dwakd-ew", "entropy weights (with the gate) only, no Soft-DTW"),
+           ("dwakd-dtw", "+ Soft-DTW without the band"),
+           ("dwakd", "+ banded Soft-DTW (full DWA-KD)"),
+           ("dwakd-nogate", "full DWA-KD without the gate")]
+    per_avg, per_bpb = {}, {}
+    for c in res["cells"]:
+        if c["done"]:
+            per_avg.setdefault(c["label"], {})[c["seed"]] = c.get("avg")
+            per_bpb.setdefault(c["label"], {})[c["seed"]] = c.get("bpb")
+    if "dwakd" in per_avg and any(k in per_avg for k, _ in abl if k != "dwakd"):
+        from dwakd.compare.stats import mean_std, paired_difference
+
+        def cell(d, digits):
+            if d.get("mean") is None:
+                return "–"
+            if d.get("half_width") is None:
+                return f"{d['mean']:+.{digits}f} (n={d['n']})"
+            return (f"{d['mean']:+.{digits}f} [{d['mean'] - d['half_width']:+.{digits}f}, "
+                    f"{d['mean'] + d['half_width']:+.{digits}f}] (n={d['n']})")
+
+        arows = []
+        for label, what in abl:
+            if label not in per_avg:
+                continue
+            ms = mean_std(list(per_avg[label].values()))
+            mb = mean_std(list(per_bpb[label].values()))
+            if label == "dwakd":
+                da = db = "(reference)"
+            else:
+                da = cell(paired_difference(per_avg[label], per_avg["dwakd"]), 2)
+                db = cell(paired_difference(per_bpb[label], per_bpb["dwakd"]), 3)
+            sd = f" ± {ms['std']:.2f}" if ms.get("std") is not None else ""
+            arows.append(f"| {what} (`{label}`) | {', '.join(map(str, sorted(per_avg[label])))} | "
+                         f"{ms['mean']:.2f}{sd} | {mb['mean']:.3f} | {da} | {db} |")
+        L += ["### DWA-KD ablations", "",
+              "Each row against full DWA-KD, paired by training seed (seeds both finished):", "",
+              "| variant | training seeds | avg ROUGE-L | bits/byte | ROUGE-L - dwakd | bits/byte - dwakd |",
+              "|---|---|---|---|---|---|", *arows, ""]
+
     # Mean answer length (words), from the sampled answers of every finished model.
     def words(d: Path):
         p = d / "eval" / "samples.jsonl"
