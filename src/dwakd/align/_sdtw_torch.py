@@ -198,21 +198,29 @@ def _backward_torch(
                 gr[g] = ek
 
 
+def _block(X, Y, ka: int, kb: int, N: int, M: int, cat):
+    """The cells of diagonals ka..kb in physical layout ``X`` [G2, G1, Bc] and the rows of their
+    successors in ``Y`` (one row and one column further; ``cat`` joins the wrapped rows: torch.cat
+    or np.concatenate)."""
+    G2 = X.shape[0]
+    ra = ka if ka < G2 else ka - G2
+    rb = kb if kb < G2 else kb - G2
+    ca = _diag_range(ka, N, M)[0]
+    cb = _diag_range(kb, N, M)[1]
+    s = X[ra : rb + 1, ca : cb + 1]
+    if rb + 2 < G2:
+        nxt = Y[ra + 1 : rb + 3, ca : cb + 2]
+    else:  # successors of the last rows wrap to rows 0 and 1
+        nxt = cat([Y[ra + 1 :, ca : cb + 2], Y[: rb + 3 - G2, ca : cb + 2]], 0)
+    return s, nxt
+
+
 def _weight_block(Xp, Yp, ka: int, kb: int, N: int, M: int, banded: bool, corr=None):
     """Weights ``exp(S_ij - L_succ)`` for the three successors of every cell of diagonals ka..kb
     (which share no wrap), flat in [rows, width, Bc] order (rows from ka's, columns from ka's first
     interior row to kb's last). Xp, Yp: physical [G2, G1, Bc]; ``corr``: None or a list of
     (row in the block, shift [Bc]) to add to the exponents towards the next diagonal."""
-    G2 = Xp.shape[0]
-    ra = ka if ka < G2 else ka - G2
-    rb = kb if kb < G2 else kb - G2
-    ca = _diag_range(ka, N, M)[0]
-    cb = _diag_range(kb, N, M)[1]
-    s = Xp[ra : rb + 1, ca : cb + 1]
-    if rb + 2 < G2:
-        nxt = Yp[ra + 1 : rb + 3, ca : cb + 2]
-    else:  # successors of the last rows wrap to rows 0 and 1
-        nxt = torch.cat([Yp[ra + 1 :, ca : cb + 2], Yp[: rb + 3 - G2, ca : cb + 2]], 0)
+    s, nxt = _block(Xp, Yp, ka, kb, N, M, torch.cat)
     # Clamp the exponent where exp would return a subnormal or 0 (20x slower on x86 than a normal
     # result): such weights (< 1e-34 in float32) are negligible next to the others, and borders
     # and padding, whose weights are multiplied by an exact 0, stay exact.
@@ -239,16 +247,7 @@ def _weight_block_numpy(Xn, Yn, ka: int, kb: int, N: int, M: int, banded: bool, 
     ufuncs run single-threaded: ATen's exp goes parallel from 2048 elements, and an OpenMP barrier
     per small op stalls for whole scheduler slices when the other cores are busy. numpy's float32 exp
     has no slow path for subnormal results; its float64 exp does, hence the clamp there."""
-    G2, _, Bc = Xn.shape
-    ra = ka if ka < G2 else ka - G2
-    rb = kb if kb < G2 else kb - G2
-    ca = _diag_range(ka, N, M)[0]
-    cb = _diag_range(kb, N, M)[1]
-    s = Xn[ra : rb + 1, ca : cb + 1]
-    if rb + 2 < G2:
-        nxt = Yn[ra + 1 : rb + 3, ca : cb + 2]
-    else:  # successors of the last rows wrap to rows 0 and 1
-        nxt = np.concatenate([Yn[ra + 1 :, ca : cb + 2], Yn[: rb + 3 - G2, ca : cb + 2]], 0)
+    s, nxt = _block(Xn, Yn, ka, kb, N, M, np.concatenate)
     size = s.size
     wd, wr, wg = (buf[t, :size].reshape(s.shape) for t in range(3))
     # Border and banned cells in the block give inf - inf or overflow: weights never used.
