@@ -9,7 +9,8 @@
   Dolly/MiniLLM template).
 - Encoding (:mod:`dwakd.data.encode`): :func:`encode_pair` / :func:`encode_record` /
   :func:`encode_dataset` tokenize each example for both models with character spans of every
-  response token; truncation and BOS/EOS rules are documented there.
+  response token; truncation and BOS/EOS rules are documented there. One side's tokenization and
+  the span rules: :mod:`dwakd.data.tokenization`.
 - Collation (:mod:`dwakd.data.collate`): :func:`collate_pairs` -> :class:`PairBatch` (the contract
   in :mod:`dwakd.data.batch`); :func:`collate_prompts` -> left-padded generation batches.
 """
