@@ -45,9 +45,12 @@ L = ["# Results: distilling SmolLM2-135M-Instruct into a pretrained 4.2M-paramet
      "(`OMP_NUM_THREADS=1`), no GPU; torch " + __import__("torch").__version__ + "._", ""]
 if res:
     done = sum(c["done"] for c in res["cells"])
-    L += [f"**Status: {done} of {len(res['cells'])} grid cells done; the study is still running.** "
-          "Pending: " + (", ".join(res["pending"]) or "nothing") + ". Every number below comes from finished "
-          "cells only; a method with fewer training seeds than planned is marked by its seed list.", ""]
+    if res["pending"]:
+        L += [f"**Status: {done} of {len(res['cells'])} grid cells done; the study is still running.** "
+              "Pending: " + ", ".join(res["pending"]) + ". Every number below comes from finished "
+              "cells only; a method with fewer training seeds than planned is marked by its seed list.", ""]
+    else:
+        L += [f"**Status: complete.** All {len(res['cells'])} grid cells and every reference row are done.", ""]
 else:
     L += ["**Status: no grid cell has finished yet** (the stages before the grid are listed below).", ""]
 def _diff(key):
@@ -90,19 +93,30 @@ def _bpb_head(key, d):
     return f"{name} = {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={d['n']})", lo <= 0 <= hi
 
 
+HEAD = "Headline" if res and not res["pending"] else "Headline so far"
 heads = [h for h in (_diff("dwakd - dskd"), _diff("dskd - sft"), _diff("dwakd - sft")) if h]
 if heads:
-    L += ["**Headline so far, ROUGE-L** (avg over the three sets, paired by training seed, 95% t-interval): "
+    L += [f"**{HEAD}, ROUGE-L** (avg over the three sets, paired by training seed, 95% t-interval): "
           + "; ".join(t for t, _ in heads) + "."
           + (" Every interval contains 0: no ordering of these methods by ROUGE-L can be claimed from these seeds."
              if all(z for _, z in heads) else ""), ""]
 bd = bpb_diffs()
 bheads = [_bpb_head(k, bd[k]) for k in ("dwakd - dskd", "dskd - sft", "dwakd - sft") if k in bd]
 if bheads:
-    L += ["**Headline so far, bits per byte** of the reference responses (lower is better; same pairing): "
+    L += [f"**{HEAD}, bits per byte** of the reference responses (lower is better; same pairing): "
           + "; ".join(t for t, _ in bheads) + ". "
           + "Intervals that exclude 0: " + (", ".join(t.split(" =")[0] for t, z in bheads if not z) or "none") + ".",
           ""]
+ms = (res or {}).get("methods", {})
+ranked = [(k, m["avg"]["mean"], (m.get("bpb") or {}).get("mean")) for k, m in ms.items() if (m.get("avg") or {}).get("mean") is not None]
+if ranked:
+    by_r = sorted(ranked, key=lambda x: -x[1])
+    by_b = sorted([r for r in ranked if r[2] is not None], key=lambda x: x[2])
+    L += ["Methods by avg ROUGE-L (mean over training seeds): " + ", ".join(f"{k} {r:.2f}" for k, r, _ in by_r)
+          + ". By bits per byte (lower is better): " + ", ".join(f"{k} {b:.3f}" for k, _, b in by_b)
+          + f". {by_r[0][0]}, first by ROUGE-L, is number {[k for k, _, _ in by_b].index(by_r[0][0]) + 1} of "
+          f"{len(by_b)} by bits per byte; the intervals of the tables below say which differences the seeds "
+          "support.", ""]
 L += ["## How to reproduce / resume", "",
       "From the repository root (the study ran from a frozen checkout of commit "
       f"`{(study / 'FROZEN_COMMIT').read_text().strip() if (study / 'FROZEN_COMMIT').is_file() else '?'}` at "
