@@ -25,6 +25,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from _machine import cpu_model  # noqa: E402
+
 from dwakd.methods.uld import sorted_l1  # noqa: E402
 
 # (label, rows, V_s, V_t)
