@@ -9,7 +9,7 @@ The L1 between sorted vectors needs the mass of *every* entry, but only the ``v 
 largest of each side need an order: past ``v`` the narrower side is zero padding, so the wider
 side's tail contributes its mass (row sum minus top-``v`` sum). So the wider side is ordered with
 ``torch.topk(v)`` and only the narrower one is sorted in full: exact (same value up to float
-rounding, same gradient), 3.7x faster on the study pair (4k vs 49k vocabularies) and 1.8x on
+rounding, same gradient), 3.8x faster on the study pair (4k vs 49k vocabularies) and 1.9x on
 GPT-2 vs Qwen2 (BENCHMARKS.md, ``benchmarks/bench_uld.py``). It is computed in chunks of positions,
 each chunk recomputed in the backward pass (:func:`chunked_rows`): peak extra memory is
 ``O(chunk x V)`` instead of ``O(N x V)``.
