@@ -53,7 +53,7 @@ KIND_KEYS = {
     "datasets": ("name", "config", "split", "field", "limit"),
     "teacher": ("name", "limit", "max_new_tokens", "seed", "batch_size"),
 }
-CORPUS_KEYS = {"path", "field", "name", "config", "split", "limit", "max_new_tokens", "seed", "batch_size"}
+CORPUS_KEYS = set().union(*KIND_KEYS.values())
 
 
 @dataclass

@@ -119,13 +119,19 @@ def is_heldout(doc: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def load_corpus(sources, heldout_fraction: float) -> tuple[list[str], list[str]]:
-    """``(train documents, held-out documents)`` of all sources, in source order."""
-    docs = [d for src in sources for d in read_source(src)]
+def split_heldout(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """``(train, held-out)`` documents, each in order (membership: :func:`is_heldout`)."""
+    held = [is_heldout(d, fraction) for d in docs]
+    return [d for d, h in zip(docs, held) if not h], [d for d, h in zip(docs, held) if h]
+
+
+def load_corpus(sources, heldout_fraction: float, *, read=read_source) -> tuple[list[str], list[str]]:
+    """``(train documents, held-out documents)`` of all sources, in source order (``read``: the
+    documents of one source; a caller that already read some sources passes them back this way)."""
+    docs = [d for src in sources for d in read(src)]
     if not docs:
         raise DataError("corpus: the sources hold no text")
-    train = [d for d in docs if not is_heldout(d, heldout_fraction)]
-    held = [d for d in docs if is_heldout(d, heldout_fraction)]
+    train, held = split_heldout(docs, heldout_fraction)
     if not train:
         raise DataError("corpus: every document fell into the held-out part; lower heldout_fraction")
     return train, held

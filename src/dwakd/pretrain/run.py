@@ -30,7 +30,7 @@ from dwakd.config.typed import dataclass_to_dict
 from dwakd.models import StudentSpec, build_student
 from dwakd.models.home import atomic_directory, dwakd_home
 from dwakd.pretrain.config import PretrainConfig
-from dwakd.pretrain.corpus import is_heldout, load_corpus, read_source
+from dwakd.pretrain.corpus import load_corpus, read_source, split_heldout
 
 log = logging.getLogger(__name__)
 MARKER = "pretrain.json"
@@ -178,10 +178,9 @@ def pretrained_dir(cfg: PretrainConfig, key: str) -> Path:
 
 def ensure_pretrained(cfg: PretrainConfig, *, progress: bool = True, force: bool = False) -> tuple[Path, dict]:
     """``(directory, report)`` of the pretrained student, pretraining it once if needed."""
-    fixed = [s for s in cfg.corpus if s.kind != "teacher"]
-    docs = [d for s in fixed for d in read_source(s)]  # files and datasets: cheap, and their text is the key
-    key = pretrain_key(cfg, [d for d in docs if not is_heldout(d, cfg.heldout_fraction)],
-                       [d for d in docs if is_heldout(d, cfg.heldout_fraction)])
+    # files and datasets: read once here (their text is the key); teacher sources count by their key
+    read = {id(s): read_source(s) for s in cfg.corpus if s.kind != "teacher"}
+    key = pretrain_key(cfg, *split_heldout([d for docs in read.values() for d in docs], cfg.heldout_fraction))
     out = pretrained_dir(cfg, key)
     if (out / MARKER).is_file() and not force:
         report = json.loads((out / MARKER).read_text())
@@ -189,7 +188,8 @@ def ensure_pretrained(cfg: PretrainConfig, *, progress: bool = True, force: bool
             report["reused"] = True
             return out, report
     # Not cached: now read every source, letting teacher sources generate (or reuse) their corpus.
-    train_docs, held_docs = load_corpus(cfg.corpus, cfg.heldout_fraction)
+    train_docs, held_docs = load_corpus(cfg.corpus, cfg.heldout_fraction,
+                                        read=lambda s: read[id(s)] if id(s) in read else read_source(s))
     torch.manual_seed(cfg.train.seed)
     t_start = time.time()
     held = _cap_bytes(held_docs, cfg.max_heldout_bytes)

@@ -15,8 +15,8 @@ Cache: ``$DWAKD_HOME/corpora/<key>/docs.jsonl`` (one ``{"i", "prompt", "text"}``
 prompt, appended and fsynced batch by batch; a torn last line is dropped on resume) and
 ``COMPLETE.json`` (count and SHA-256 of ``docs.jsonl``, written atomically last). ``key`` hashes the
 teacher (its alias checksum, or its config, tokenizer files and weights: name, size, first and last
-MiB of each), the prompts and the sampling
-settings, so another teacher or other settings never reuse a corpus. One process writes a corpus at a
+MiB of each), the prompts and the sampling settings, so another teacher or other settings never
+reuse a corpus. One process writes a corpus at a
 time (a lock on its directory; a second one gets :class:`~dwakd.errors.RunLockedError`).
 """
 
@@ -62,7 +62,8 @@ def seed_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def _teacher_identity(spec: str) -> dict:
-    """What identifies the teacher's weights: the alias checksum, else its files' names and sizes."""
+    """What identifies the teacher: an alias's GGUF checksum; a directory's config, weights (name,
+    size, first and last MiB) and small files whole; else the hub name."""
     from dwakd.models.aliases import ALIASES
 
     alias = ALIASES.get(str(spec).lower())
