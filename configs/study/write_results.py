@@ -53,44 +53,17 @@ if res:
         L += [f"**Status: complete.** All {len(res['cells'])} grid cells and every reference row are done.", ""]
 else:
     L += ["**Status: no grid cell has finished yet** (the stages before the grid are listed below).", ""]
-def _diff(key):
-    """``(text, interval contains 0)`` of a paired difference on avg ROUGE-L, or ``None``."""
-    d = (res or {}).get("differences", {}).get(key, {}).get("avg")
+def _diff(key, metric="avg", digits=2):
+    """``(text, interval contains 0)`` of a paired difference (``avg`` ROUGE-L or ``bpb``), or ``None``."""
+    d = (res or {}).get("differences", {}).get(key, {}).get(metric)
     if not d or d.get("mean") is None:
         return None
     name = key.replace("dwakd", "DWA-KD").replace("dskd", "DSKD").replace("sft", "SFT")
     hw = d.get("half_width")
     if hw is None:
-        return f"{name} = {d['mean']:+.2f} (n={d.get('n')}, no interval)", True
+        return f"{name} = {d['mean']:+.{digits}f} (n={d.get('n')}, no interval)", True
     lo, hi = d["mean"] - hw, d["mean"] + hw
-    return f"{name} = {d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d.get('n')})", lo <= 0 <= hi
-
-
-def bpb_diffs() -> dict:
-    """Paired differences of bits per byte (mean over the sets) against sft and dskd, by training seed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from dwakd.compare.stats import paired_difference
-
-    per = {}
-    for c in (res or {}).get("cells", []):
-        if c["done"] and c.get("bpb") is not None:
-            per.setdefault(c["label"], {})[c["seed"]] = c["bpb"]
-    out = {}
-    for base in ("sft", "dskd"):
-        for label in per:
-            if label != base and base in per:
-                d = paired_difference(per[label], per[base])
-                if d.get("mean") is not None:
-                    out[f"{label} - {base}"] = d
-    return out
-
-
-def _bpb_head(key, d):
-    name = key.replace("dwakd", "DWA-KD").replace("dskd", "DSKD").replace("sft", "SFT")
-    if d.get("half_width") is None:
-        return f"{name} = {d['mean']:+.3f} (n={d['n']}, no interval)", True
-    lo, hi = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
-    return f"{name} = {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={d['n']})", lo <= 0 <= hi
+    return f"{name} = {d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] (n={d.get('n')})", lo <= 0 <= hi
 
 
 HEAD = "Headline" if res and not res["pending"] else "Headline so far"
@@ -100,8 +73,7 @@ if heads:
           + "; ".join(t for t, _ in heads) + "."
           + (" Every interval contains 0: no ordering of these methods by ROUGE-L can be claimed from these seeds."
              if all(z for _, z in heads) else ""), ""]
-bd = bpb_diffs()
-bheads = [_bpb_head(k, bd[k]) for k in ("dwakd - dskd", "dskd - sft", "dwakd - sft") if k in bd]
+bheads = [h for h in (_diff(k, "bpb", 3) for k in ("dwakd - dskd", "dskd - sft", "dwakd - sft")) if h]
 if bheads:
     L += [f"**{HEAD}, bits per byte** of the reference responses (lower is better; same pairing): "
           + "; ".join(t for t, _ in bheads) + ". "
@@ -183,16 +155,6 @@ if res:
               + ", ".join(f"{c['label']}-s{c['seed']} {fmt_s((c['train_seconds'] or 0) + (c['eval_seconds'] or 0))}"
                           for c in rows) + ".", ""]
     shutil.copy(study / "grid" / "results.json", docs / "results.json")
-    if not any("bpb" in d for d in res.get("differences", {}).values()):  # a report written before bpb differences
-        brows = []
-        for key, d in bpb_diffs().items():
-            ci = (f"[{d['mean'] - d['half_width']:+.3f}, {d['mean'] + d['half_width']:+.3f}]"
-                  if d.get("half_width") is not None else "(no interval)")
-            brows.append(f"| {key} | {d['mean']:+.3f} {ci} (n={d['n']}) |")
-        if brows:
-            L += ["Bits per byte of the reference responses, paired by training seed (negative = the first method "
-                  "models the references better):", "", "| difference | bits/byte, 95% CI |", "|---|---|", *brows, ""]
-
     # DWA-KD's ablations, paired against full DWA-KD (the paper's ablation order).
     abl = [("dwakd-ew", "entropy weights (with the gate) only, no Soft-DTW"),
            ("dwakd-dtw", "+ Soft-DTW without the band"),

@@ -19,13 +19,7 @@ from pathlib import Path
 
 from dwakd.compare.config import CompareConfig
 from dwakd.compare.grid import cell_dir, cell_done
-
-
-def _read(p: Path) -> dict | None:
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+from dwakd.compare.report import _read, _scores
 
 
 def _last_step(run: Path) -> int | None:
@@ -44,29 +38,22 @@ def _last_step(run: Path) -> int | None:
     return step
 
 
-def _checkpoint(run: Path) -> str | None:
-    ckpts = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
-                   if p.name.rsplit("-", 1)[1].isdigit() else -1)
-    return ckpts[-1].name if ckpts else None
-
-
 def _avg(summary: dict | None) -> float | None:
-    sets = (summary or {}).get("sets") or {}
-    vals = [v["rougeL"]["mean"] for v in sets.values() if isinstance(v.get("rougeL"), dict)]
-    return sum(vals) / len(vals) if vals else None
+    return _scores(summary)[1] if summary else None
 
 
 def grid_status(cc: CompareConfig) -> list[dict]:
     """One dict per grid item, in grid order: ``{"name", "kind", "state", "detail"}``."""
+    from dwakd.train.checkpoint import checkpoint_step, complete_checkpoints
     from dwakd.train.rundir import RunLock
 
     out = []
     for kind, label, seed in cc.grid:
         if kind == "ref":
             d = cc.output_dir / "refs" / label
-            summary = _read(d / "eval.json")
-            state = "done" if summary is not None or cc.eval is None else "pending"
-            detail = f"avg ROUGE-L {_avg(summary):.2f}" if _avg(summary) is not None else ""
+            avg = _avg(_read(d / "eval.json"))
+            state = "done" if avg is not None or cc.eval is None else "pending"
+            detail = f"avg ROUGE-L {avg:.2f}" if avg is not None else ""
             out.append({"name": label, "kind": "reference", "state": state, "detail": detail})
             continue
         d = cell_dir(cc, label, seed)
@@ -81,8 +68,9 @@ def grid_status(cc: CompareConfig) -> list[dict]:
             continue
         lock = RunLock(d)
         holder = lock._holder()
-        ck = _checkpoint(d / "run")
-        steps = [x for x in (_last_step(d / "run"), int(ck.rsplit("-", 1)[1]) if ck else None) if x is not None]
+        ckpts = complete_checkpoints(d / "run" / "checkpoints")
+        ck = ckpts[-1].name if ckpts else None
+        steps = [x for x in (_last_step(d / "run"), checkpoint_step(ckpts[-1]) if ckpts else None) if x is not None]
         at = f"step {max(steps)}" if steps else "no step logged yet"
         if holder is not None and not lock._stale(holder):
             out.append({"name": name, "kind": "cell", "state": "running",
