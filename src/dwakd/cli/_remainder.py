@@ -27,15 +27,13 @@ def split_remainder(args, *, flags: tuple[str, ...] = (), valued: tuple[str, ...
                 if not items or items[0].startswith("--"):  # ``--resume --dry-run``: the next option is no value
                     raise ConfigError(f"{item} needs a value ({usage})")
                 val = items.pop(0)
-            if not val.strip():
-                raise ConfigError(f"{key} needs a non-empty value, got '{item}' ({usage})")
             setattr(args, attr(key), val)
         elif item.startswith("-"):
             raise ConfigError(f"unknown option '{item}' (options: {usage})")
         else:
             rest.append(item)
     args.overrides = rest
-    for opt in valued:  # also ``--output-dir=`` given before the overrides (parsed by argparse itself)
+    for opt in valued:  # empty values, given among the overrides or before them (parsed by argparse itself)
         val = getattr(args, attr(opt), None)
         if isinstance(val, str) and not val.strip():
             raise ConfigError(f"{opt} needs a non-empty value ({usage})")

@@ -154,15 +154,16 @@ class DistillMethod(nn.Module):
         gathered (``deepspeed.zero.GatheredParameters``, read-only) and copied, so the copy outlives
         the gather; elsewhere this is ``student_head_weight().detach()`` (no copy)."""
         w = self.student_head_weight()
-        if hasattr(w, "ds_id"):
-            import deepspeed
-            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+        if not hasattr(w, "ds_id"):
+            return w.detach()
+        import contextlib
 
-            if w.ds_status == ZeroParamStatus.AVAILABLE:  # whole already (persistent, or still held by a module)
-                return w.detach().clone()
-            with deepspeed.zero.GatheredParameters([w], modifier_rank=None):
-                return w.detach().clone()
-        return w.detach()
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        whole = w.ds_status == ZeroParamStatus.AVAILABLE  # persistent, or still held by a module call
+        with contextlib.nullcontext() if whole else deepspeed.zero.GatheredParameters([w], modifier_rank=None):
+            return w.detach().clone()
 
     def teacher_head_weight(self) -> torch.Tensor:
         """``[V_t, d_t]`` frozen teacher LM-head weight."""

@@ -49,22 +49,20 @@ def sorted_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     ps = F.softmax(upcast(student_logits) / temperature, dim=-1)
     pt = F.softmax(upcast(teacher_logits) / temperature, dim=-1)
     v = min(ps.shape[-1], pt.shape[-1])
-    return _sorted_head(ps, v, pt, v)
+    top_s, tail_s = _top_and_tail(ps, v)
+    top_t, tail_t = _top_and_tail(pt, v)
+    return (top_s - top_t).abs().sum(-1) + tail_s + tail_t
 
 
-def _sorted_head(ps: torch.Tensor, v_s: int, pt: torch.Tensor, v_t: int) -> torch.Tensor:
-    """``sum_{k<v} |ps_(k) - pt_(k)|`` over the ``v = min`` largest entries of each side (descending),
-    plus each side's mass outside them (its zero-padded tail). Only the top ``v`` entries are ordered:
-    ``torch.topk`` on the wider side (``O(V log v)``, ~9x faster than a full sort of 49k entries to
-    4k on one CPU thread), and the tail is the row sum minus the top sum (same value and gradient as
-    summing the sorted tail: 1 for every entry outside the top)."""
-    v = min(v_s, v_t)
-    top_s = torch.topk(ps, v, dim=-1, sorted=True).values if ps.shape[-1] > v else torch.sort(ps, -1, True).values
-    top_t = torch.topk(pt, v, dim=-1, sorted=True).values if pt.shape[-1] > v else torch.sort(pt, -1, True).values
-    head = (top_s - top_t).abs().sum(-1)
-    tail_s = ps.sum(-1) - top_s.sum(-1) if ps.shape[-1] > v else 0.0
-    tail_t = pt.sum(-1) - top_t.sum(-1) if pt.shape[-1] > v else 0.0
-    return head + tail_s + tail_t
+def _top_and_tail(p: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """The ``v`` largest entries of each row, descending, and the row's mass outside them (its part
+    past the narrower vocabulary, where the other side is zero padding). A wider row is ordered by
+    ``torch.topk(v)`` only, its tail being the row sum minus the top sum (same value and gradient as
+    summing the sorted tail: 1 for every entry outside the top); see the module docstring for speed."""
+    if p.shape[-1] == v:
+        return torch.sort(p, -1, descending=True).values, 0.0
+    top = torch.topk(p, v, dim=-1, sorted=True).values
+    return top, p.sum(-1) - top.sum(-1)
 
 
 @dataclass
